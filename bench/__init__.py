@@ -1,0 +1,1 @@
+"""The gateway's benchmarks: the bench suite and its micro-benchmarks."""

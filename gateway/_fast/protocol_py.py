@@ -1,0 +1,644 @@
+"""The gateway's HTTP/1.1 server protocol: httptools parsing, driving the raw ASGI app.
+
+It replaces uvicorn's stock protocol (plugged in through ``uvicorn.Config(http=...)``) because the stock
+one costs more per request than the whole gateway does (DESIGN.md) and cannot enforce what the edge must:
+
+- strict parsing (llhttp without leniencies): a malformed request, an ambiguous length (the request
+  smuggling vectors), a missing Host on HTTP/1.1 is answered 400 and never reaches the app;
+- size limits: request line plus headers over ``max_header_bytes`` is 431, counted on the raw bytes so a
+  single endless header cannot grow memory; a body over ``max_body_bytes`` is 413, up front from
+  Content-Length or mid-stream for chunked bodies;
+- timeouts: a slow request head (``header_timeout``) gets 408, an idle keep-alive connection is closed;
+- flow control both ways: request bodies buffer at most ``HIGH_WATER`` bytes before the socket stops
+  being read; ``send`` waits while the client's socket buffer is full;
+- every error answered by the gateway carries the JSON body of ``gateway.errors``.
+
+A client that goes away cancels its request's task, so the app (the proxy) releases what it holds.
+``send`` after a disconnect raises ``ClientDisconnected`` (an OSError, as the ASGI spec asks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    error_body,
+)
+
+logger = logging.getLogger("gateway.protocol")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HIGH_WATER = 256 * 1024  # request body bytes buffered before reading the socket pauses
+LINGER_TIME = 2.0  # seconds a closing connection keeps reading (and dropping) what the client still sends
+SHUTDOWN_GRACE = 1.0  # seconds an idle keep-alive connection may still send one request while draining
+STATUS_LINES = {
+    int(s): b"HTTP/1.1 %d %s\r\n" % (int(s), s.phrase.encode("latin-1")) for s in HTTPStatus
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+DISCONNECT: Message = {"type": "http.disconnect"}
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class ClientDisconnected(OSError):
+    """The client closed the connection before the response was sent."""
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    default_message = "the request line and headers did not arrive in time"
+
+
+class NotImplementedMethod(GatewayError):
+    status = 501
+    code = "not_implemented"
+    default_message = "this request needs a protocol feature the gateway does not offer"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one connection may send and how long it may take (see gateway.settings)."""
+
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 1024**3  # 0 = no limit
+    keepalive_timeout: float = 60.0
+    header_timeout: float = 10.0
+
+
+def new_request_id() -> str:
+    """A random 128-bit request id, hex."""
+    return os.urandom(16).hex()
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Status\r\n" % status
+
+
+def error_response(exc: GatewayError, request_id: str, keep_alive: bool) -> bytes:
+    """The bytes of a whole JSON error response."""
+    body = error_body(exc.status, exc.code, exc.message, request_id)
+    head = [status_line(exc.status), b"content-type: application/json\r\n",
+            b"content-length: %d\r\n" % len(body), b"x-request-id: ", request_id.encode("ascii"), b"\r\n"]
+    for name, value in exc.headers:
+        head.append(name + b": " + value + b"\r\n")
+    if not keep_alive:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body
+
+
+class RequestCycle:
+    """One request/response exchange: the ASGI ``receive`` and ``send`` of a request."""
+
+    __slots__ = (
+        "body", "body_size", "chunked", "disconnected", "expect_100", "expected_length", "head",
+        "head_request", "keep_alive", "more_body", "no_body", "protocol", "response_complete",
+        "response_started", "scope", "sent_length", "task", "waiter",
+    )
+
+    def __init__(self, protocol: HttpProtocol, scope: Scope, keep_alive: bool, expect_100: bool) -> None:
+        self.protocol = protocol
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.more_body = True
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.head_request = scope["method"] == "HEAD"
+        self.no_body = self.head_request
+        self.chunked = False
+        self.expected_length: int | None = None
+        self.sent_length = 0
+        self.head = b""
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def receive(self) -> Message:
+        """The next request body chunk, or ``http.disconnect`` once the client has gone."""
+        if self.disconnected or self.response_complete:
+            return DISCONNECT
+        if not self.body and self.more_body:
+            if self.expect_100:
+                self.expect_100 = False
+                self.protocol.write(CONTINUE)
+            self.protocol.resume_reading()
+            self.waiter = self.protocol.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+            if self.disconnected:
+                return DISCONNECT
+        chunks = self.body
+        if len(chunks) == 1:
+            body = chunks[0]
+        elif chunks:
+            body = b"".join(chunks)
+        else:
+            body = b""
+        chunks.clear()
+        self.protocol.body_consumed(len(body))
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: Message) -> None:
+        """Writes the response; waits while the client's socket buffer is full."""
+        if self.disconnected:
+            raise ClientDisconnected("the client closed the connection")
+        kind = message["type"]
+        if kind == "http.response.body" and self.response_started and not self.response_complete:
+            await self._send_body(message.get("body", b""), message.get("more_body", False))
+        elif kind == "http.response.start" and not self.response_started:
+            self._start(message["status"], message.get("headers", ()))
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} in this state of the response")
+
+    def _start(self, status: int, headers: Any) -> None:
+        self.response_started = True
+        if status < 200 or status in NO_BODY_STATUSES:
+            self.no_body = True
+        head = [status_line(status)]
+        length = None
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)
+            head.append(name + b": " + value + b"\r\n")
+        if length is not None:
+            self.expected_length = 0 if self.no_body and not self.head_request else length
+        elif not self.no_body:
+            if self.scope["http_version"] == "1.1":
+                self.chunked = True
+                head.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0: the body ends when the connection does
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.head = b"".join(head)
+
+    async def _send_body(self, body: bytes, more_body: bool) -> None:
+        protocol = self.protocol
+        if self.no_body:
+            body = b""
+        if self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            self.sent_length += len(body)
+            expected = self.expected_length
+            if expected is not None and self.sent_length > expected and not self.head_request:
+                raise RuntimeError("the response body is longer than its content-length")
+            data = body
+        if self.head:
+            data = self.head + data
+            self.head = b""
+        if data:
+            protocol.write(data)
+        if not more_body:
+            self.response_complete = True
+            expected = self.expected_length
+            if expected is not None and self.sent_length < expected and not self.no_body:
+                self.keep_alive = False  # the framing promised more: the connection cannot be reused
+            protocol.response_complete(self)
+        elif protocol.write_paused:
+            await protocol.drain()
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection. ``state`` is uvicorn's ServerState (connections, tasks, counters)."""
+
+    def __init__(self, app: ASGIApp, limits: Limits, state: Any, loop: asyncio.AbstractEventLoop | None = None,
+                 scheme: str = "http") -> None:
+        self.app = app
+        self.limits = limits
+        self.state = state
+        self.loop = loop or asyncio.get_running_loop()
+        self.scheme = scheme
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.closed = False
+        self.write_paused = False
+        self.read_paused = False
+        self.drain_waiters: deque[asyncio.Future[None]] = deque()
+        self.buffered = 0
+        self.active: RequestCycle | None = None  # the request being answered
+        self.parsing: RequestCycle | None = None  # the request whose body is being read
+        self.pipeline: deque[RequestCycle] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_pending = True
+        self.head_bytes = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_length = -1
+        self.expect_100 = False
+        self.shutting_down = False
+        self.upgraded = False
+        self.lingering = False
+        self.error: GatewayError | None = None
+
+    # -- connection events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        self.state.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
+        self.server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
+        self.arm_timer(self.limits.keepalive_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.state.connections.discard(self)
+        self.cancel_timer()
+        cycle = self.active
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.wake()
+            if cycle.task is not None:
+                cycle.task.cancel()
+        self.pipeline.clear()
+        while self.drain_waiters:
+            waiter = self.drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ClientDisconnected("the client closed the connection"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too (no half-open connections)
+
+    def data_received(self, data: bytes) -> None:
+        if self.upgraded or self.lingering:
+            return
+        if self.head_pending:
+            if self.head_bytes == 0:
+                self.arm_timer(self.limits.header_timeout, idle=False)
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.on_upgrade()
+            return
+        except httptools.HttpParserError as exc:
+            self.fail(self.error or BadRequest(_parser_message(exc)))
+            return
+        if self.head_pending and self.head_bytes > self.limits.max_header_bytes:
+            self.fail(HeadersTooLarge())
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        while self.drain_waiters:
+            waiter = self.drain_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ClientDisconnected("the client closed the connection")
+        waiter = self.loop.create_future()
+        self.drain_waiters.append(waiter)
+        await waiter
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def shutdown(self) -> None:
+        """Called by uvicorn on graceful shutdown (drain).
+
+        Requests already received are answered, with ``connection: close`` where the response has not
+        started. An idle keep-alive connection is not cut at once: a client may be sending on it right
+        now, and would see a reset. It gets ``SHUTDOWN_GRACE`` to send one more request (answered and
+        then closed) before it is closed.
+        """
+        self.shutting_down = True
+        cycle = self.active
+        if cycle is None:
+            self.cancel_timer()
+            self.timer = self.loop.call_later(SHUTDOWN_GRACE, self.on_idle_timeout)
+        elif self.pipeline:  # answer what was already received; the last one closes
+            self.pipeline[-1].keep_alive = False
+        elif not cycle.response_started:
+            cycle.keep_alive = False
+        elif cycle.head and cycle.keep_alive:  # started, but the head is not written yet: amend it
+            cycle.keep_alive = False
+            cycle.head = cycle.head[:-2] + b"connection: close\r\n\r\n"
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.cancel_timer()
+            self.transport.close()
+
+    def linger(self) -> None:
+        """Closes a connection whose client may still be sending (an unread body, a refused request).
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy the response
+        still in flight. So: send FIN after the response, drop what the client sends for up to
+        LINGER_TIME, and close when it closes its side or the time is up (nginx's lingering close).
+        """
+        if self.closed or self.transport is None:
+            return
+        if not self.transport.can_write_eof():  # pragma: no cover - TCP transports can
+            self.close()
+            return
+        self.lingering = True
+        self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.cancel_timer()
+        self.timer = self.loop.call_later(LINGER_TIME, self.close)
+
+    # -- timers ---------------------------------------------------------------------------------------
+
+    def arm_timer(self, delay: float, idle: bool = True) -> None:
+        self.cancel_timer()
+        self.timer = self.loop.call_later(delay, self.on_idle_timeout if idle else self.on_header_timeout)
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_idle_timeout(self) -> None:
+        self.timer = None
+        if self.active is None:
+            self.close()
+
+    def on_header_timeout(self) -> None:
+        self.timer = None
+        if self.head_pending and self.active is None:
+            self.fail(RequestTimeout())
+
+    # -- reading flow control -----------------------------------------------------------------------
+
+    def body_consumed(self, size: int) -> None:
+        self.buffered -= size
+        if self.read_paused and self.buffered < HIGH_WATER and not self.pipeline:
+            self.resume_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self.closed and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and not self.closed and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    # -- parser callbacks ---------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.content_length = -1
+        self.expect_100 = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self.content_length = int(value)  # llhttp already checked it is a single, valid number
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100 = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_pending = False
+        self.head_bytes = 0
+        self.cancel_timer()
+        size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+        if size > self.limits.max_header_bytes:
+            self.error = HeadersTooLarge()
+            raise self.error
+        parser = self.parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        if parser.should_upgrade() and (method == "CONNECT" or self.content_length > 0):
+            self.error = NotImplementedMethod("CONNECT and upgrades with a body are not supported")
+            raise self.error
+        scope = self.build_scope(method, version)
+        limit = self.limits.max_body_bytes
+        if limit and self.content_length > limit:
+            self.error = PayloadTooLarge()
+            raise self.error
+        # a 100 Continue must not be sent to an HTTP/1.0 client (RFC 9110 section 10.1.1)
+        cycle = RequestCycle(self, scope, parser.should_keep_alive() and not self.shutting_down,
+                             self.expect_100 and version != "1.0")
+        self.parsing = cycle
+        self.state.total_requests += 1
+        if self.active is None:
+            self.start(cycle)
+        else:
+            self.pipeline.append(cycle)
+            self.pause_reading()
+
+    def build_scope(self, method: str, version: str) -> Scope:
+        url = self.url
+        if url[:1] != b"/":
+            url = self.absolute_form(url, method)
+        query_at = url.find(b"?")
+        if query_at >= 0:
+            raw_path, query = url[:query_at], url[query_at + 1:]
+        else:
+            raw_path, query = url, b""
+        hosts = sum(1 for name, _ in self.headers if name == b"host")
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            self.error = BadRequest("a request must carry exactly one Host header (RFC 9112 section 3.2)")
+            raise self.error
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        return {
+            "type": "http",
+            "asgi": ASGI_VERSION,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": method,
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
+        }
+
+    def absolute_form(self, url: bytes, method: str) -> bytes:
+        """The origin-form of an absolute-form target (``GET http://host/path``); ``*`` for OPTIONS."""
+        if url == b"*" and method == "OPTIONS":
+            return b"*"
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            parsed = None
+        if parsed is None or parsed.schema not in (b"http", b"https") or not parsed.host:
+            self.error = BadRequest("the request target must be a path or an absolute http URL")
+            raise self.error
+        # the target's authority replaces the Host header (RFC 9112 section 3.2.2)
+        authority = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+        self.headers = [(n, v) for n, v in self.headers if n != b"host"]
+        self.headers.append((b"host", authority))
+        path = parsed.path or b"/"
+        return path + b"?" + parsed.query if parsed.query else path
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.response_complete or cycle.disconnected:
+            return
+        cycle.body_size += len(body)
+        limit = self.limits.max_body_bytes
+        if limit and cycle.body_size > limit:
+            self.error = PayloadTooLarge()
+            raise self.error
+        cycle.body.append(body)
+        self.buffered += len(body)
+        if self.buffered >= HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        self.head_pending = True
+        if cycle is not None:
+            cycle.more_body = False
+            cycle.wake()
+            self.parsing = None
+
+    def on_upgrade(self) -> None:
+        """A request carried ``Upgrade``: it is answered as plain HTTP/1.1 and the connection closes."""
+        self.upgraded = True
+        cycle = self.parsing or (self.pipeline[-1] if self.pipeline else self.active)
+        if cycle is not None:
+            cycle.keep_alive = False
+            cycle.more_body = False
+            cycle.wake()
+
+    # -- running requests ---------------------------------------------------------------------------
+
+    def start(self, cycle: RequestCycle) -> None:
+        self.active = cycle
+        task = self.loop.create_task(self.run_asgi(cycle))
+        cycle.task = task
+        self.state.tasks.add(task)
+        task.add_done_callback(self.state.tasks.discard)
+
+    async def run_asgi(self, cycle: RequestCycle) -> None:
+        """The protocol's error boundary around one request."""
+        try:
+            await self.app(cycle.scope, cycle.receive, cycle.send)
+        except asyncio.CancelledError:
+            if not cycle.disconnected:
+                self.abort(cycle, None)
+            return
+        except GatewayError as exc:  # a failure the app chose to end this way (already logged)
+            self.abort(cycle, exc)
+            return
+        except BaseException:
+            logger.exception("request failed inside the gateway")
+            self.abort(cycle, GatewayError())
+            return
+        if not cycle.response_complete:
+            logger.error("the app returned without completing the response")
+            self.abort(cycle, GatewayError())
+
+    def abort(self, cycle: RequestCycle, exc: GatewayError | None) -> None:
+        """Ends a request that went wrong: a JSON error if nothing was sent yet, then close."""
+        if exc is not None and (not cycle.response_started or cycle.head) and not self.closed:
+            self.write(error_response(exc, new_request_id(), keep_alive=False))  # head not yet written
+        cycle.response_complete = True
+        self.close()
+
+    def response_complete(self, cycle: RequestCycle) -> None:
+        if cycle is not self.active:  # pragma: no cover - defensive: only the active cycle sends
+            return
+        self.active = None
+        if cycle.body:  # a body the app never read must not count against the next request's buffer
+            self.buffered -= sum(len(chunk) for chunk in cycle.body)
+            cycle.body.clear()
+        if cycle.more_body:
+            self.linger()  # the client may still be sending the body nobody will read
+            return
+        if not cycle.keep_alive:
+            self.close()
+            return
+        if self.pipeline:
+            self.start(self.pipeline.popleft())
+            if not self.pipeline and self.buffered < HIGH_WATER:
+                self.resume_reading()
+            return
+        if self.shutting_down:
+            self.close()
+            return
+        self.resume_reading()
+        if self.head_pending and self.head_bytes == 0:
+            self.arm_timer(self.limits.keepalive_timeout)
+        elif self.head_pending and self.timer is None:  # a partial head arrived meanwhile: time it
+            self.arm_timer(self.limits.header_timeout, idle=False)
+
+    def fail(self, exc: GatewayError) -> None:
+        """Answers a protocol error (400/408/413/431/501) and closes the connection."""
+        self.error = None
+        cycle = self.active
+        if cycle is not None:
+            if cycle.task is not None and not cycle.task.done():
+                cycle.task.cancel()
+            if cycle.response_started and not cycle.head:
+                cycle.response_complete = True
+                self.close()
+                return
+            cycle.response_complete = True
+        self.write(error_response(exc, new_request_id(), keep_alive=False))
+        self.linger()
+
+
+def _parser_message(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return f"malformed HTTP request: {text}"
+
+
+def uvicorn_protocol(app: ASGIApp, limits: Limits) -> Callable[..., HttpProtocol]:
+    """A protocol factory with the signature ``uvicorn.Server`` calls (``Config(http=...)``)."""
+
+    def factory(config: Any, server_state: Any, app_state: Any = None,
+                _loop: asyncio.AbstractEventLoop | None = None) -> HttpProtocol:
+        return HttpProtocol(app, limits, server_state, _loop)
+
+    return factory

@@ -1,0 +1,82 @@
+"""The exchange: one request as it travels through the stages, and the stage interface.
+
+A stage is an object with ``async def __call__(self, ex)`` and a ``next`` stage; it may answer early
+(raise a ``GatewayError``, or send a response) or call ``await self.next(ex)``. A stage that changes the
+response registers a hook with ``ex.on_response(hook)``; hooks run in reverse order of registration on the
+status and headers just before they are sent, so the response passes back through the stages in reverse.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway._fast.protocol import Message, Receive, Scope, Send
+
+Headers = list[tuple[bytes, bytes]]
+ResponseHook = Callable[["Exchange", int, Headers], None]
+
+
+class Exchange:
+    """Per-request state shared by the stages (slots: no per-request dict)."""
+
+    __slots__ = (
+        "bytes_received", "bytes_sent", "consumed", "host", "params", "path", "receive", "request_id",
+        "response_hooks", "response_started", "route", "scope", "send", "started_at", "status", "target",
+    )
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, started_at: float) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.started_at = started_at
+        self.request_id = ""
+        self.host = ""
+        self.path = ""
+        self.route: Any = None
+        self.params: dict[str, str] | None = None
+        self.consumed = 0
+        self.status = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.target: Any = None
+        self.response_started = False
+        self.response_hooks: list[ResponseHook] | None = None
+
+    def on_response(self, hook: ResponseHook) -> None:
+        """Registers a hook that may change the status line's headers before they are sent."""
+        if self.response_hooks is None:
+            self.response_hooks = []
+        self.response_hooks.append(hook)
+
+    async def start_response(self, status: int, headers: Headers) -> None:
+        """Sends the status and headers through the response hooks; adds ``x-request-id``."""
+        if self.response_hooks is not None:
+            for hook in reversed(self.response_hooks):
+                hook(self, status, headers)
+        headers.append((b"x-request-id", self.request_id.encode("latin-1")))
+        self.status = status
+        self.response_started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def send_body(self, body: bytes, more_body: bool) -> None:
+        self.bytes_sent += len(body)
+        message: Message = {"type": "http.response.body", "body": body, "more_body": more_body}
+        await self.send(message)
+
+
+class Stage:
+    """Base of request stages: ``next`` is the following stage (None for the last one)."""
+
+    next: Stage | None = None
+
+    async def __call__(self, ex: Exchange) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def chain(stages: Sequence[Stage]) -> Stage:
+    """Links stages in order and returns the first; built once per route at config load."""
+    for stage, following in itertools.pairwise(stages):
+        stage.next = following
+    return stages[0]

@@ -1,0 +1,112 @@
+"""The whole configuration: server settings, upstreams and routes, loaded and cross-checked at once.
+
+``load`` runs in the supervisor (and in ``gateway check``): it reads the file, applies the environment and
+flags, and validates everything, routes compiled into a table included, so a config that loads here cannot
+fail in a worker. ``document`` is the resolved, JSON-safe form handed to workers; ``from_document`` turns
+it back into the same ``GatewayConfig`` there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import ConfigError, Node, load_file
+from gateway.proxy.target import parse_target
+from gateway.routing.config import RouteSpec, parse_routes
+from gateway.routing.table import RouteTable
+from gateway.settings import ServerSettings, resolve
+from gateway.upstreams.config import UpstreamSpec, parse_upstreams
+
+TOP_KEYS = frozenset({"server", "upstreams", "routes"})
+QUICK_SOURCE = "--upstream"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Validated configuration; ``document`` recreates it in a worker process."""
+
+    server: ServerSettings
+    upstreams: Mapping[str, UpstreamSpec]
+    routes: tuple[RouteSpec, ...]
+    source: str
+    document: dict[str, Any] = field(repr=False, compare=False)
+
+    def summary(self) -> str:
+        """What ``gateway check`` prints: routes and upstreams, one per line."""
+        lines = [f"{self.source}: valid", f"upstreams ({len(self.upstreams)}):"]
+        for spec in self.upstreams.values():
+            lines.append(f"  {spec.name}: " + ", ".join(str(t) for t in spec.targets))
+        lines.append(f"routes ({len(self.routes)}):")
+        for route in self.routes:
+            kind = "prefix" if route.prefix else "path"
+            methods = ",".join(sorted(route.methods)) if route.methods else "*"
+            hosts = ",".join(route.hosts) if route.hosts else "*"
+            lines.append(f"  {route.name}: {kind} {route.pattern} methods={methods} hosts={hosts} "
+                         f"-> {route.upstream}")
+        return "\n".join(lines)
+
+
+def load(environ: Mapping[str, str], flags: Mapping[str, Any]) -> GatewayConfig:
+    """Loads and validates the configuration named by flags or environment (raises ConfigError)."""
+    path = flags.get("config") or environ.get("GATEWAY_CONFIG") or None
+    upstream = flags.get("upstream") or environ.get("GATEWAY_UPSTREAM") or None
+    if path is None:
+        server = resolve(None, environ, flags)
+        if upstream is None:
+            raise ConfigError("command line", "", "nothing to proxy: pass --upstream URL or --config FILE "
+                              "(or set GATEWAY_UPSTREAM / GATEWAY_CONFIG)")
+        return _quick(server)
+    root = load_file(path, environ).mapping(TOP_KEYS)
+    server = resolve(root.child("server"), environ, flags)
+    if server.upstream is not None:
+        raise ConfigError(str(path), "", "use either a config file or --upstream/GATEWAY_UPSTREAM, not both")
+    document = {
+        "source": str(path),
+        "server": _settings_document(server),
+        "upstreams": root.child("upstreams").value,
+        "routes": root.child("routes").value,
+    }
+    return from_document(document)
+
+
+def _quick(server: ServerSettings) -> GatewayConfig:
+    document = {
+        "source": QUICK_SOURCE,
+        "server": _settings_document(server),
+        "upstreams": {"default": server.upstream},
+        "routes": [{"name": "default", "prefix": "/", "upstream": "default"}],
+    }
+    return from_document(document)
+
+
+def _settings_document(server: ServerSettings) -> dict[str, Any]:
+    return {name: getattr(server, name) for name in server.__dataclass_fields__}
+
+
+def from_document(document: Mapping[str, Any]) -> GatewayConfig:
+    """Builds a GatewayConfig from the resolved document (in the supervisor and in each worker)."""
+    source = document["source"]
+    server = ServerSettings(**document["server"])
+    upstreams = parse_upstreams(Node(document.get("upstreams"), source, "upstreams"))
+    routes_node = Node(document.get("routes"), source, "routes")
+    routes = parse_routes(routes_node)
+    if not routes:
+        raise ConfigError(source, "routes", "expected at least one route")
+    for index, route in enumerate(routes):
+        _check_upstream_reference(route, index, upstreams, routes_node)
+    RouteTable([(route, index) for index, route in enumerate(routes)], source)  # patterns and conflicts
+    return GatewayConfig(server, upstreams, tuple(routes), source, dict(document))
+
+
+def _check_upstream_reference(
+    route: RouteSpec, index: int, upstreams: Mapping[str, UpstreamSpec], routes_node: Node
+) -> None:
+    node = routes_node.child(index).child("upstream")
+    if "://" in route.upstream:
+        parse_target(node)
+        return
+    if route.upstream not in upstreams:
+        names = ", ".join(sorted(upstreams)) or "none are defined"
+        node.fail(f"the name of an upstream under 'upstreams' ({names}) or a URL like http://HOST:PORT")

@@ -1,0 +1,1 @@
+"""Observability: access log now; metrics and tracing with the observability issue."""

@@ -1,0 +1,218 @@
+"""The last stage of every route: stream the request to an upstream target and the response back.
+
+Header rules (RFC 9110 section 7.6.1): hop-by-hop headers, and any header the Connection header names, are
+removed in both directions; ``Host`` becomes the target's authority unless the route preserves it;
+``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are
+set; ``X-Request-ID`` carries the exchange's id. Bodies stream both ways with backpressure: the request
+body is pumped while the response is awaited, so an upstream that answers early is never stuck behind it.
+
+Failures before the response starts become 502 (refused, reset, malformed) or 504 (timeout). A reused
+keep-alive connection that fails before any response byte is retried once on a fresh connection when the
+request is idempotent and has no body, since the upstream may simply have closed it while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway._fast.protocol import ClientDisconnected
+from gateway.exchange import Exchange, Headers, Stage
+from gateway.proxy.pool import Pool
+from gateway.proxy.upstream import UpstreamConnection, UpstreamError
+from gateway.routing.paths import Rewriter
+from gateway.upstreams.upstream import Upstream
+
+logger = logging.getLogger("gateway.proxy")
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-authorization", b"proxy-authenticate",
+})
+REQUEST_SET_BY_PROXY = frozenset({
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+    b"x-request-id",
+})
+REQUEST_DROP = HOP_BY_HOP | REQUEST_SET_BY_PROXY
+RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+class ProxyStage(Stage):
+    """Proxies the exchange to ``upstream``; ``rewrite`` maps the routed path to the upstream path."""
+
+    def __init__(self, upstream: Upstream, rewrite: Rewriter | None, preserve_host: bool) -> None:
+        self.upstream = upstream
+        self.rewrite = rewrite
+        self.preserve_host = preserve_host
+
+    async def __call__(self, ex: Exchange) -> None:
+        scope = ex.scope
+        method: str = scope["method"]
+        path = ex.path if self.rewrite is None else self.rewrite(ex.path, ex.params, ex.consumed)
+        query: bytes = scope["query_string"]
+        target = path.encode("latin-1") + (b"?" + query if query else b"")
+        pool = self.upstream.pick()
+        ex.target = pool.target
+        head, body_framing = self.request_head(ex, method, target, pool)
+        conn = await self.exchange_head(ex, pool, head, body_framing, method)
+        pump: asyncio.Task[None] | None = None
+        try:
+            if body_framing:
+                pump = await self.send_first_body(ex, conn, head, body_framing)
+            status, headers = await conn.response_head()
+            await ex.start_response(status, self.response_headers(headers))
+            await self.stream_response(ex, conn)
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+                conn.keep_alive = False  # the request was not sent whole: this connection is spent
+            pool.release(conn)
+
+    async def exchange_head(
+        self, ex: Exchange, pool: Pool, head: bytes, body_framing: bytes, method: str
+    ) -> UpstreamConnection:
+        """A connection with the request head written (and, without a body, the response head awaited).
+
+        Retries once on a fresh connection when a reused one turns out dead before answering.
+        """
+        retry_safe = not body_framing and method in IDEMPOTENT
+        while True:
+            conn = await pool.acquire()
+            reused = conn.requests > 0
+            conn.begin(method == "HEAD")
+            if body_framing:
+                return conn  # the head goes out with the first body chunk
+            try:
+                conn.write(head)
+                await conn.response_head()
+            except UpstreamError:
+                pool.release(conn)
+                if retry_safe and reused and not conn.received_any:
+                    retry_safe = False
+                    continue
+                raise
+            return conn
+
+    async def send_first_body(
+        self, ex: Exchange, conn: UpstreamConnection, head: bytes, framing: bytes
+    ) -> asyncio.Task[None] | None:
+        """Writes the head with the first body chunk; a task pumps the rest while the response is read."""
+        message = await ex.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("the client went away while sending the request body")
+        body: bytes = message["body"]
+        more: bool = message["more_body"]
+        ex.bytes_received += len(body)
+        chunked = framing == b"chunked"
+        data = _frame(body, chunked)
+        if chunked and not more:
+            data += b"0\r\n\r\n"
+        conn.write(head + data)
+        if not more:
+            return None
+        return asyncio.get_running_loop().create_task(self.pump_body(ex, conn, chunked))
+
+    async def pump_body(self, ex: Exchange, conn: UpstreamConnection, chunked: bool) -> None:
+        """Streams the rest of the request body upstream, waiting whenever the upstream is slow."""
+        try:
+            while True:
+                message = await ex.receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnected("the client went away while sending the request body")
+                body: bytes = message["body"]
+                ex.bytes_received += len(body)
+                if body:
+                    conn.write(_frame(body, chunked))
+                    if conn.write_paused:
+                        await conn.drain()
+                if not message["more_body"]:
+                    break
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the response side sees the failure through the aborted connection
+            if conn.failure is None:
+                conn.failure = exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc))
+            conn.abort()
+            conn.wake()
+
+    async def stream_response(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        """Copies the response body to the client as it arrives, until the upstream ends it."""
+        data, done = conn.take_body()
+        while not done:
+            if data:
+                await ex.send_body(data, True)
+            await conn.wait_body()
+            data, done = conn.take_body()
+        await ex.send_body(data, False)
+
+    def request_head(self, ex: Exchange, method: str, target: bytes, pool: Pool) -> tuple[bytes, bytes]:
+        """The request line and headers for the upstream, and the body framing (b"", length or chunked)."""
+        scope = ex.scope
+        lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        kept: Headers = []
+        special: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name not in REQUEST_DROP:
+                kept.append((name, value))
+            elif name in special:  # repeated: a list-valued header such as X-Forwarded-For
+                special[name] += b", " + value
+            else:
+                special[name] = value
+        host = special.get(b"host", b"")
+        forwarded_for = special.get(b"x-forwarded-for", b"")
+        length = special.get(b"content-length", b"")
+        chunked = b"transfer-encoding" in special  # llhttp accepts it only when chunked comes last
+        connection = special.get(b"connection", b"")
+        if connection:
+            named = _connection_tokens(connection)
+            kept = [(n, v) for n, v in kept if n not in named]
+        for name, value in kept:
+            lines += (name, b": ", value, b"\r\n")
+        client = scope["client"]
+        client_ip = client[0].encode("ascii") if client else b"unknown"
+        upstream_host = host if (self.preserve_host and host) else pool.target.authority.encode("idna")
+        lines += (b"host: ", upstream_host, b"\r\nx-forwarded-for: ",
+                  forwarded_for + b", " + client_ip if forwarded_for else client_ip,
+                  b"\r\nx-forwarded-proto: ", scope["scheme"].encode("ascii"),
+                  b"\r\nx-request-id: ", ex.request_id.encode("latin-1"), b"\r\n")
+        if host:
+            lines += (b"x-forwarded-host: ", host, b"\r\n")
+        framing = b""
+        if chunked:
+            framing = b"chunked"
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif length:
+            lines += (b"content-length: ", length, b"\r\n")
+            if length != b"0":
+                framing = length
+        lines.append(b"\r\n")
+        return b"".join(lines), framing
+
+    @staticmethod
+    def response_headers(headers: Headers) -> Headers:
+        """The upstream's response headers without hop-by-hop ones (framing is the protocol's job)."""
+        out: Headers = []
+        connection = b""
+        for name, value in headers:
+            if name in RESPONSE_DROP:
+                if name == b"connection":
+                    connection = connection + b"," + value if connection else value
+                continue
+            out.append((name, value))
+        if connection:
+            named = _connection_tokens(connection)
+            out = [(n, v) for n, v in out if n not in named]
+        return out
+
+
+def _frame(body: bytes, chunked: bool) -> bytes:
+    if not chunked:
+        return body
+    return b"%x\r\n%b\r\n" % (len(body), body) if body else b""

@@ -1,0 +1,1 @@
+"""Processes: the supervisor (sockets, admin, reloads, restarts) and its workers."""

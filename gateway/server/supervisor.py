@@ -1,0 +1,426 @@
+"""The supervisor: binds the sockets, runs the admin listener, starts, restarts and reloads workers.
+
+Sockets. The supervisor creates one SO_REUSEPORT listening socket per worker slot and keeps them open for
+its whole life. A slot's worker inherits the socket; when the worker is replaced (crash, reload) the new
+one inherits the same socket, so connections waiting in its accept queue are served, not reset (closing
+a SO_REUSEPORT listener resets its queue; keeping it open avoids that).
+
+Reload (SIGHUP). The config is loaded and validated again; an invalid one is refused with a log line and
+the old workers keep serving. A valid one starts a new worker per slot on the same sockets; once all of
+them serve, the old ones are told to drain (SIGTERM). Old and new accept from the same sockets for a
+moment, so no connection is refused and no request fails. Settings of the listeners themselves (host,
+port, workers, backlog, admin address) take effect at the next restart.
+
+Crashes. A worker that exits unasked is restarted, after a delay that doubles while it keeps crashing
+(from 0.1 s up to 10 s, reset once a worker has lived 10 s). The other slots keep serving meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.server import ServerState
+
+from gateway._fast.protocol import HttpProtocol, Limits
+from gateway.admin.app import AdminApp
+from gateway.config import ConfigError
+from gateway.loader import GatewayConfig, load
+from gateway.settings import ServerSettings
+
+logger = logging.getLogger("gateway.supervisor")
+
+RESTART_DELAY_MIN = 0.1
+RESTART_DELAY_MAX = 10.0
+STABLE_AFTER = 10.0
+START_TIMEOUT = 30.0
+LISTENER_SETTINGS = ("host", "port", "workers", "backlog", "admin_host", "admin_port")
+
+
+class StartupError(Exception):
+    """A runtime failure before serving (port in use, ...): one line for the user, exit code 1."""
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process of a slot, of one config generation."""
+
+    slot: int
+    generation: int
+    process: asyncio.subprocess.Process
+    started_at: float
+    ready: bool = False
+    stopping: bool = False
+    exited: asyncio.Future[int] | None = None
+    became_ready: asyncio.Future[bool] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Slot:
+    """A listening socket and the worker currently serving it."""
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.worker: Worker | None = None
+        self.crashes = 0
+        self.restart: asyncio.TimerHandle | None = None
+
+
+def bind_listener(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket; raises StartupError naming the address on failure."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve listen address {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} is already in use ({where})") from None
+        raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def bind_slots(server: ServerSettings) -> list[socket.socket]:
+    """One SO_REUSEPORT socket per worker slot on the public port (port 0: one free port for all).
+
+    Any process of the same user may join a SO_REUSEPORT group silently, so the port is first probed
+    without SO_REUSEPORT: a port another gateway (or anything else) listens on is reported in use.
+    """
+    port = server.port
+    if port != 0:
+        bind_listener(server.host, port, 1, reuse_port=False).close()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(server.workers):
+            sock = bind_listener(server.host, port, server.backlog, reuse_port=True)
+            port = sock.getsockname()[1]
+            sockets.append(sock)
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Supervisor:
+    """Runs the gateway: ``serve`` returns the process exit code."""
+
+    def __init__(self, config: GatewayConfig, environ: Mapping[str, str], flags: Mapping[str, Any]) -> None:
+        self.config = config
+        self.environ = environ
+        self.flags = flags
+        self.generation = 0
+        self.state = "starting"  # starting -> serving -> draining
+        self.slots: list[Slot] = []
+        self.retiring: set[Worker] = set()
+        self.admin_sock: socket.socket | None = None
+        self.admin_server: asyncio.base_events.Server | None = None
+        self.reloading = False
+        self.stop_requested: asyncio.Event | None = None
+        self.force = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # -- start-up -----------------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Binds the public slots and the admin port (before any worker exists)."""
+        server = self.config.server
+        sockets = bind_slots(server)
+        try:
+            self.admin_sock = bind_listener(server.admin_host, server.admin_port, 128, reuse_port=False)
+        except StartupError as exc:
+            for sock in sockets:
+                sock.close()
+            raise StartupError(f"admin listener: {exc}") from None
+        self.slots = [Slot(i, sock) for i, sock in enumerate(sockets)]
+
+    @property
+    def port(self) -> int:
+        return int(self.slots[0].sock.getsockname()[1])
+
+    @property
+    def admin_port(self) -> int:
+        assert self.admin_sock is not None
+        return int(self.admin_sock.getsockname()[1])
+
+    async def serve(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_requested = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        await self.start_admin()
+        server = self.config.server
+        logger.info("gateway serving http://%s:%d with %d workers (%s); admin on http://%s:%d",
+                    server.host, self.port, len(self.slots), self.config.source, server.admin_host,
+                    self.admin_port)
+        started = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in self.slots))
+        for slot, worker in zip(self.slots, started, strict=True):
+            slot.worker = worker
+        ready = await self.wait_ready(started)
+        if ready and not self.stop_requested.is_set():
+            self.state = "serving"
+            logger.info("all %d workers serve", len(started))
+        await self.stop_requested.wait()
+        await self.drain()
+        return 0
+
+    async def start_admin(self) -> None:
+        assert self.admin_sock is not None
+        loop = asyncio.get_running_loop()
+        app = AdminApp(self)
+        state = ServerState()
+        limits = Limits(max_header_bytes=16384, max_body_bytes=65536, keepalive_timeout=5.0)
+        self.admin_server = await loop.create_server(
+            lambda: HttpProtocol(app, limits, state, loop), sock=self.admin_sock
+        )
+
+    # -- workers ------------------------------------------------------------------------------------
+
+    def document_bytes(self) -> bytes:
+        return orjson.dumps(self.config.document)
+
+    async def spawn(self, slot: Slot, generation: int) -> Worker:
+        """Starts a worker for ``slot`` on its socket; returns at once (readiness is tracked)."""
+        loop = asyncio.get_running_loop()
+        ready_r, ready_w = os.pipe()
+        fd = slot.sock.fileno()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.server.worker", "--fd", str(fd), "--ready-fd", str(ready_w),
+                "--slot", str(slot.index), stdin=asyncio.subprocess.PIPE, pass_fds=(fd, ready_w),
+            )
+        finally:
+            os.close(ready_w)
+        worker = Worker(slot.index, generation, process, loop.time())
+        worker.exited = loop.create_future()
+        worker.became_ready = loop.create_future()
+        loop.add_reader(ready_r, self.on_ready_pipe, worker, ready_r)
+        assert process.stdin is not None
+        process.stdin.write(self.document_bytes())
+        process.stdin.close()
+        self.track(self.watch(worker))
+        logger.debug("started worker slot %d pid %d (generation %d)", slot.index, worker.pid, generation)
+        return worker
+
+    def track(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def on_ready_pipe(self, worker: Worker, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            data = os.read(fd, 1)
+        except OSError:  # pragma: no cover - defensive
+            data = b""
+        loop.remove_reader(fd)
+        os.close(fd)
+        worker.ready = data == b"R"
+        if worker.became_ready is not None and not worker.became_ready.done():
+            worker.became_ready.set_result(worker.ready)
+
+    async def wait_ready(self, workers: list[Worker]) -> bool:
+        """True when every worker serves within START_TIMEOUT; False if one exited or timed out."""
+        waits = [w.became_ready for w in workers if w.became_ready is not None]
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                results = await asyncio.gather(*waits)
+        except TimeoutError:
+            return False
+        return all(results)
+
+    async def watch(self, worker: Worker) -> None:
+        code = await worker.process.wait()
+        if worker.became_ready is not None and not worker.became_ready.done():
+            worker.became_ready.set_result(False)
+        if worker.exited is not None and not worker.exited.done():
+            worker.exited.set_result(code)
+        self.retiring.discard(worker)
+        slot = self.slots[worker.slot]
+        if worker.stopping or self.state == "draining":
+            logger.info("worker slot %d pid %d stopped (exit code %d)", worker.slot, worker.pid, code)
+            return
+        logger.warning("worker slot %d pid %d exited unexpectedly (%s)", worker.slot, worker.pid,
+                       describe_exit(code))
+        if slot.worker is worker:
+            self.schedule_restart(slot, worker)
+
+    def schedule_restart(self, slot: Slot, dead: Worker) -> None:
+        loop = asyncio.get_running_loop()
+        lived = loop.time() - dead.started_at
+        slot.crashes = 0 if lived >= STABLE_AFTER else slot.crashes + 1
+        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2 ** slot.crashes)
+        logger.info("restarting worker slot %d in %.1fs", slot.index, delay)
+        slot.restart = loop.call_later(delay, lambda: self.track(self.restart(slot, dead)))
+
+    async def restart(self, slot: Slot, dead: Worker) -> None:
+        slot.restart = None
+        if self.state == "draining" or slot.worker is not dead:
+            return
+        worker = await self.spawn(slot, self.generation)
+        slot.worker = worker
+
+    # -- signals: stop and reload -------------------------------------------------------------------
+
+    def request_stop(self, sig: int) -> None:
+        assert self.stop_requested is not None
+        if self.stop_requested.is_set():
+            logger.warning("second %s: stopping workers now", signal.Signals(sig).name)
+            self.force = True
+            for worker in self.all_workers():
+                kill(worker, signal.SIGKILL)
+            return
+        logger.info("%s: draining (up to %gs)", signal.Signals(sig).name, self.config.server.drain_timeout)
+        self.stop_requested.set()
+
+    def request_reload(self) -> None:
+        if self.reloading or self.state != "serving":
+            logger.warning("SIGHUP ignored: %s", "a reload is under way" if self.reloading else self.state)
+            return
+        self.reloading = True
+        self.track(self.reload())
+
+    async def reload(self) -> None:
+        try:
+            await self._reload()
+        finally:
+            self.reloading = False
+
+    async def _reload(self) -> None:
+        try:
+            config = load(self.environ, self.flags)
+        except ConfigError as exc:
+            logger.error("reload refused, still serving the previous configuration: %s", exc)
+            return
+        config = self.keep_listener_settings(config)
+        previous = self.config
+        self.config = config
+        self.generation += 1
+        fresh = [await self.spawn(slot, self.generation) for slot in self.slots]
+        if not await self.wait_ready(fresh) or self.state != "serving":
+            logger.error("reload failed: new workers did not start; still serving the previous configuration")
+            self.config = previous
+            for worker in fresh:
+                worker.stopping = True
+                kill(worker, signal.SIGKILL)
+            return
+        for slot, worker in zip(self.slots, fresh, strict=True):
+            old, slot.worker = slot.worker, worker
+            if slot.restart is not None:
+                slot.restart.cancel()
+                slot.restart = None
+            if old is not None and old.process.returncode is None:
+                self.retire(old)
+        logger.info("reloaded %s: %d routes, %d upstreams (generation %d)", config.source,
+                    len(config.routes), len(config.upstreams), self.generation)
+
+    def keep_listener_settings(self, config: GatewayConfig) -> GatewayConfig:
+        """Listener settings cannot change under running sockets: keep the old ones, say so."""
+        old, new = self.config.server, config.server
+        changed = [name for name in LISTENER_SETTINGS if getattr(old, name) != getattr(new, name)]
+        if not changed:
+            return config
+        logger.warning("reload: %s changed; that takes effect at the next restart", ", ".join(changed))
+        document = dict(config.document)
+        document["server"] = dict(document["server"], **{n: getattr(old, n) for n in LISTENER_SETTINGS})
+        from gateway.loader import from_document
+
+        return from_document(document)
+
+    def retire(self, worker: Worker) -> None:
+        """Tells a worker to drain and exit; it is killed if it outlives the drain timeout."""
+        worker.stopping = True
+        self.retiring.add(worker)
+        kill(worker, signal.SIGTERM)
+        self.track(self.reap_after(worker, self.config.server.drain_timeout + 5.0))
+
+    async def reap_after(self, worker: Worker, deadline: float) -> None:
+        assert worker.exited is not None
+        try:
+            async with asyncio.timeout(deadline):
+                await asyncio.shield(worker.exited)
+        except TimeoutError:
+            logger.error("worker slot %d pid %d did not drain in time; killing it", worker.slot, worker.pid)
+            kill(worker, signal.SIGKILL)
+
+    def all_workers(self) -> list[Worker]:
+        current = [slot.worker for slot in self.slots if slot.worker is not None]
+        return current + [w for w in self.retiring if w not in current]
+
+    async def drain(self) -> None:
+        """Stops every worker gracefully (they finish in-flight requests), then the admin listener."""
+        self.state = "draining"
+        for slot in self.slots:
+            if slot.restart is not None:
+                slot.restart.cancel()
+        workers = self.all_workers()
+        for worker in workers:
+            if worker.process.returncode is None and not worker.stopping:
+                self.retire(worker)
+        waits = [asyncio.shield(w.exited) for w in workers if w.exited is not None]
+        if waits:
+            try:
+                async with asyncio.timeout(self.config.server.drain_timeout + 10.0):
+                    await asyncio.gather(*waits)
+            except TimeoutError:  # pragma: no cover - reap_after kills first
+                for worker in workers:
+                    kill(worker, signal.SIGKILL)
+        if self.admin_server is not None:
+            self.admin_server.close()
+        for slot in self.slots:
+            slot.sock.close()
+        for task in list(self.tasks):
+            task.cancel()
+        logger.info("stopped")
+
+    # -- what the admin listener reports -------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        workers = [
+            {"slot": slot.index, "pid": slot.worker.pid if slot.worker else None,
+             "ready": bool(slot.worker and slot.worker.ready and slot.worker.process.returncode is None)}
+            for slot in self.slots
+        ]
+        ready = self.state == "serving" and all(w["ready"] for w in workers)
+        status = "ready" if ready else ("degraded" if self.state == "serving" else self.state)
+        return ready, {"status": status, "generation": self.generation, "workers": workers}
+
+
+def kill(worker: Worker, sig: int) -> None:
+    if worker.process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):  # raced with its exit
+            worker.process.send_signal(sig)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:  # pragma: no cover
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

@@ -1,0 +1,108 @@
+"""A worker process: uvicorn on uvloop, the gateway's protocol, the ASGI app, on its slot's socket.
+
+Started by the supervisor as ``python -m gateway.server.worker --fd N --ready-fd M --slot K``: the
+listening socket (SO_REUSEPORT, already bound by the supervisor, which keeps it open so a worker's
+replacement inherits its accept queue) arrives as file descriptor N; the resolved configuration arrives as
+JSON on stdin; one byte on ``ready-fd`` tells the supervisor the worker serves. SIGTERM drains: stop
+accepting, finish in-flight requests within ``drain_timeout``, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import orjson
+import uvicorn
+
+from gateway._fast.protocol import Limits, uvicorn_protocol
+from gateway.app import Gateway
+from gateway.loader import GatewayConfig, from_document
+from gateway.server.logs import setup_logging
+
+logger = logging.getLogger("gateway.worker")
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn's Server, telling the supervisor once it serves."""
+
+    def __init__(self, config: uvicorn.Config, ready_fd: int) -> None:
+        super().__init__(config)
+        self.ready_fd = ready_fd
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self.ready_fd >= 0:
+            os.write(self.ready_fd, b"R")
+            os.close(self.ready_fd)
+            self.ready_fd = -1
+
+
+def die_with_parent() -> None:
+    """Asks Linux to SIGTERM this worker if the supervisor dies, so no worker outlives it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def uvicorn_config(app: Gateway, config: GatewayConfig) -> uvicorn.Config:
+    server = config.server
+    limits = Limits(
+        max_header_bytes=server.max_header_bytes,
+        max_body_bytes=server.max_body_bytes,
+        keepalive_timeout=server.keepalive_timeout,
+        header_timeout=server.header_timeout,
+    )
+    return uvicorn.Config(
+        app,
+        http=uvicorn_protocol(app, limits),  # type: ignore[arg-type]
+        loop="uvloop",
+        lifespan="on",
+        interface="asgi3",
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        date_header=False,
+        backlog=server.backlog,
+        timeout_graceful_shutdown=max(1, round(server.drain_timeout)),
+    )
+
+
+def run(fd: int, ready_fd: int, document: dict[str, Any]) -> int:
+    config = from_document(document)
+    setup_logging(config.server.log_level)
+    app = Gateway(config)
+    sock = socket.socket(fileno=fd)
+    server = WorkerServer(uvicorn_config(app, config), ready_fd)
+    # uvicorn re-raises the signal that stopped it once it is done; a no-op handler makes that a clean exit
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the supervisor's business
+    server.run(sockets=[sock])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
+    parser = argparse.ArgumentParser(prog="gateway-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--ready-fd", type=int, default=-1)
+    parser.add_argument("--slot", type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ["GATEWAY_WORKER_SLOT"] = str(args.slot)
+    document = orjson.loads(sys.stdin.buffer.read())
+    return run(args.fd, args.ready_fd, document)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

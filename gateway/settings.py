@@ -1,0 +1,198 @@
+"""Server settings: one typed, frozen section; load order defaults < file < GATEWAY_* env < flags.
+
+``SETTINGS`` is the single table of every setting: its name (the file key under ``server:``, the
+environment variable ``GATEWAY_<NAME>`` and the flag ``--name``), how to read it, its default and what it
+does. The CLI builds its flags from it and the README's reference table is generated from it
+(``python -m gateway.settings --markdown``), so the three cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import ConfigError, Node
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def default_workers() -> int:
+    """CPU count this process may run on (respects taskset and cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting: its name, reader, default and description."""
+
+    name: str
+    read: Callable[[Node], Any]
+    default: Any
+    doc: str
+    in_file: bool = True
+    flag_type: str = "value"  # "value" or "bool" (--x / --no-x)
+    default_doc: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "GATEWAY_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _host(node: Node) -> str:
+    return str(node.string())
+
+
+def _port(node: Node) -> int:
+    return int(node.integer(minimum=0, maximum=65535))
+
+
+def _optional_text(node: Node) -> str | None:
+    value = node.string(None)
+    return None if value is None else str(value)
+
+
+def _upstream_url(node: Node) -> str | None:
+    value = node.string(None)
+    if value is None:
+        return None
+    from gateway.proxy.target import parse_target
+
+    parse_target(node)
+    return str(value)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", _host, "0.0.0.0", "Address the public listener binds."),
+    Setting("port", _port, 8080, "Public port; every worker serves its own SO_REUSEPORT socket on it."),
+    Setting("workers", lambda n: n.integer(minimum=1, maximum=1024), None,
+            "Worker processes.", default_doc="CPU count"),
+    Setting("admin_host", _host, "127.0.0.1", "Address of the admin listener (health, readiness)."),
+    Setting("admin_port", _port, 9901, "Admin port: `GET /healthz`, `GET /readyz`."),
+    Setting("access_log", lambda n: n.boolean(), True,
+            "One JSON line per request on stdout.", flag_type="bool"),
+    Setting("log_level", lambda n: n.choice(LOG_LEVELS), "info", "One of " + ", ".join(LOG_LEVELS) + "."),
+    Setting("drain_timeout", lambda n: n.duration(), 30.0,
+            "On SIGTERM/SIGINT or reload, how long in-flight requests may take to finish.",
+            default_doc="30s"),
+    Setting("keepalive_timeout", lambda n: n.duration(), 60.0,
+            "Idle client keep-alive connections are closed after this.", default_doc="60s"),
+    Setting("header_timeout", lambda n: n.duration(), 10.0,
+            "A client must send the request line and headers within this (slow-header guard).",
+            default_doc="10s"),
+    Setting("max_header_bytes", lambda n: n.size(), 65536,
+            "Largest request line plus headers; larger gets 431.", default_doc="64KiB"),
+    Setting("max_body_bytes", lambda n: n.size(), 1024**3,
+            "Largest request body; larger gets 413. 0 means no limit.", default_doc="1GiB"),
+    Setting("backlog", lambda n: n.integer(minimum=1), 2048, "Listen backlog of each worker's socket."),
+    Setting("config", _optional_text, None, "YAML config file (routes, upstreams, server settings).",
+            in_file=False, default_doc="none"),
+    Setting("upstream", _upstream_url, None,
+            "Quick mode: proxy every path to this URL (`http://HOST:PORT`).", in_file=False,
+            default_doc="none"),
+    Setting("redis_url", _optional_text, None,
+            "Redis for state shared across hosts (later features); not needed on one host.",
+            default_doc="none"),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+SERVER_KEYS = frozenset(s.name for s in SETTINGS if s.in_file)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The resolved server settings (see SETTINGS for what each one does)."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
+    access_log: bool = True
+    log_level: str = "info"
+    drain_timeout: float = 30.0
+    keepalive_timeout: float = 60.0
+    header_timeout: float = 10.0
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 1024**3
+    backlog: int = 2048
+    config: str | None = None
+    upstream: str | None = None
+    redis_url: str | None = None
+
+
+def resolve(
+    file_section: Node | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any],
+) -> ServerSettings:
+    """Resolves every setting by precedence flag > environment > file > default."""
+    values: dict[str, Any] = {}
+    if file_section is not None:
+        file_section.mapping(SERVER_KEYS, optional=True)
+    for setting in SETTINGS:
+        node = _winning_node(setting, file_section, environ, flags)
+        if node is None:
+            values[setting.name] = default_workers() if setting.name == "workers" else setting.default
+            continue
+        values[setting.name] = setting.read(node)
+    return ServerSettings(**values)
+
+
+def _winning_node(
+    setting: Setting, file_section: Node | None, environ: Mapping[str, str], flags: Mapping[str, Any]
+) -> Node | None:
+    if flags.get(setting.name) is not None:
+        return Node(flags[setting.name], f"flag {setting.flag}")
+    if environ.get(setting.env, "") != "":
+        return Node(environ[setting.env], f"environment variable {setting.env}")
+    if file_section is not None and setting.in_file:
+        node = file_section.child(setting.name)
+        if not node.missing:
+            return node
+    return None
+
+
+def replace(settings: ServerSettings, **changes: Any) -> ServerSettings:
+    """A copy of ``settings`` with ``changes`` (settings are frozen)."""
+    return dataclasses.replace(settings, **changes)
+
+
+def markdown_table() -> str:
+    """The README's reference table of settings."""
+    rows = [
+        "| setting (file key under `server:`) | environment variable | flag | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in SETTINGS:
+        key = f"`{s.name}`" if s.in_file else "(not in the file)"
+        flag = f"`{s.flag}` / `--no-{s.flag[2:]}`" if s.flag_type == "bool" else f"`{s.flag}`"
+        default = s.default_doc if s.default_doc is not None else f"`{str(s.default).lower()}`"
+        if s.default_doc is not None and s.default_doc != "none":
+            default = f"`{s.default_doc}`" if s.default_doc[0].isdigit() else s.default_doc
+        rows.append(f"| {key} | `{s.env}` | {flag} | {default} | {s.doc} |")
+    return "\n".join(rows)
+
+
+def _main(argv: list[str]) -> int:
+    if argv[1:] == ["--markdown"]:
+        print(markdown_table())
+        return 0
+    print("usage: python -m gateway.settings --markdown", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main(sys.argv))
+
+
+__all__ = ["SETTINGS", "ConfigError", "ServerSettings", "Setting", "resolve"]

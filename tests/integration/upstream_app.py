@@ -1,0 +1,103 @@
+"""The upstream the integration tests proxy to: a raw ASGI app served by stock uvicorn in its own process.
+
+    python -m tests.integration.upstream_app PORT
+
+Endpoints (any method unless said):
+  /echo...            JSON: method, path, raw_path, query, headers, client, body length and sha256
+  /download?size=N    N bytes streamed in 64 KiB chunks (chunked; &length=1 sends a content-length)
+  /upload             reads the body as a stream; JSON: bytes and sha256
+  /slow?delay=S       answers after S seconds
+  /status?code=N      answers status N
+  /drip?n=K&delay=S   K small chunks, S seconds apart
+  /early-reply        answers 413 without reading the body
+"""
+
+import asyncio
+import hashlib
+import json
+import sys
+from urllib.parse import parse_qs
+
+import uvicorn
+
+CHUNK = 64 * 1024
+PATTERN = bytes(range(256)) * (CHUNK // 256)
+
+
+def query(scope):
+    return {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+
+
+async def read_body(receive):
+    digest, size = hashlib.sha256(), 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body = message.get("body", b"")
+        digest.update(body)
+        size += len(body)
+        if not message.get("more_body"):
+            break
+    return size, digest.hexdigest()
+
+
+async def respond(send, status, body, headers=()):
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    path, args = scope["path"], query(scope)
+    if path.startswith("/download"):
+        size = int(args.get("size", "0"))
+        headers = [(b"content-type", b"application/octet-stream")]
+        if args.get("length"):
+            headers.append((b"content-length", str(size).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        while size > 0:
+            piece = PATTERN[: min(size, CHUNK)]
+            size -= len(piece)
+            await send({"type": "http.response.body", "body": piece, "more_body": size > 0})
+        if not args.get("size") or args.get("size") == "0":
+            await send({"type": "http.response.body", "body": b""})
+        return
+    if path.startswith("/drip"):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(int(args.get("n", "3"))):
+            await send({"type": "http.response.body", "body": b"tick %d\n" % i, "more_body": True})
+            await asyncio.sleep(float(args.get("delay", "0.1")))
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path.startswith("/early-reply"):
+        await respond(send, 413, b'{"error":"too big for me"}', [(b"connection", b"close")])
+        return
+    if path.startswith("/slow"):
+        await asyncio.sleep(float(args.get("delay", "1")))
+    if path.startswith("/status"):
+        await respond(send, int(args.get("code", "200")), b"{}")
+        return
+    size, digest = await read_body(receive)
+    if path.startswith("/upload"):
+        await respond(send, 200, json.dumps({"bytes": size, "sha256": digest}).encode())
+        return
+    body = json.dumps({
+        "method": scope["method"], "path": scope["path"], "raw_path": scope["raw_path"].decode("latin-1"),
+        "query": scope["query_string"].decode("latin-1"),
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+        "client": list(scope["client"]), "body_bytes": size, "body_sha256": digest,
+    }).encode()
+    await respond(send, 200, body)
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="on",
+                timeout_keep_alive=30)
