@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
 from gateway.errors import BadRequest, GatewayError, error_body
@@ -34,7 +33,7 @@ from gateway.upstreams.upstream import Upstream
 logger = logging.getLogger("gateway")
 
 MAX_REQUEST_ID = 200
-SWEEP_INTERVAL = 5.0
+SWEEP_INTERVAL = 5.0  # at most; shorter when an upstream's keep-alive timeout is shorter
 
 
 class Route:
@@ -152,8 +151,10 @@ class Gateway:
     async def sweep_pools(self) -> None:
         """Closes idle upstream connections past their keep-alive timeout."""
         loop = asyncio.get_running_loop()
+        timeouts = [u.spec.keepalive_timeout for u in self.upstreams.values()]
+        interval = min(SWEEP_INTERVAL, max(0.25, min(timeouts, default=SWEEP_INTERVAL) / 2))
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(interval)
             now = loop.time()
             for upstream in self.upstreams.values():
                 upstream.sweep(now)
@@ -163,10 +164,3 @@ class Gateway:
             self.sweeper.cancel()
         for upstream in self.upstreams.values():
             upstream.close()
-
-    def pool_stats(self) -> dict[str, Any]:
-        """Connections opened and reused per target (for tests and, later, metrics)."""
-        return {
-            str(pool.target): {"opened": pool.opened, "reused": pool.reused, "idle": len(pool.idle)}
-            for upstream in self.upstreams.values() for pool in upstream.pools
-        }

@@ -176,11 +176,15 @@ def markdown_table() -> str:
     for s in SETTINGS:
         key = f"`{s.name}`" if s.in_file else "(not in the file)"
         flag = f"`{s.flag}` / `--no-{s.flag[2:]}`" if s.flag_type == "bool" else f"`{s.flag}`"
-        default = s.default_doc if s.default_doc is not None else f"`{str(s.default).lower()}`"
-        if s.default_doc is not None and s.default_doc != "none":
-            default = f"`{s.default_doc}`" if s.default_doc[0].isdigit() else s.default_doc
-        rows.append(f"| {key} | `{s.env}` | {flag} | {default} | {s.doc} |")
+        rows.append(f"| {key} | `{s.env}` | {flag} | {_default_cell(s)} | {s.doc} |")
     return "\n".join(rows)
+
+
+def _default_cell(setting: Setting) -> str:
+    if setting.default_doc is None:
+        return f"`{str(setting.default).lower()}`"
+    doc = setting.default_doc  # a value ("30s") is code; a phrase ("CPU count", "none") is prose
+    return f"`{doc}`" if doc[0].isdigit() else doc
 
 
 def _main(argv: list[str]) -> int:

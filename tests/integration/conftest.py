@@ -88,9 +88,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
         return b"".join(chunks)
 
 
-@pytest.fixture(scope="session")
-def upstream_port() -> Iterator[int]:
-    """The test upstream (tests/integration/upstream_app.py on stock uvicorn)."""
+def run_upstream() -> Iterator[int]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tests.integration.upstream_app", str(port)], cwd=ROOT)
     try:
@@ -98,7 +96,23 @@ def upstream_port() -> Iterator[int]:
         yield port
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def upstream_port() -> Iterator[int]:
+    """The test upstream (tests/integration/upstream_app.py on stock uvicorn)."""
+    yield from run_upstream()
+
+
+@pytest.fixture(scope="session")
+def second_upstream_port() -> Iterator[int]:
+    """Another instance of the test upstream, for upstreams with several targets."""
+    yield from run_upstream()
 
 
 @pytest.fixture(params=["compiled", "python"])

@@ -218,3 +218,44 @@ def test_access_log_lines(start_gateway, upstream_port):
     assert last["path"] == "/echo/q"
     assert "secret" not in json.dumps(entries)
     assert last["upstream"] == f"http://127.0.0.1:{upstream_port}"
+
+
+def test_upstream_breaking_mid_response_ends_the_client_connection(start_gateway, upstream_port):
+    gw = start_gateway(args=["--upstream", f"http://127.0.0.1:{upstream_port}"])
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", "/break?after=5000")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        resp.read()  # the client sees the truncation: the response is not passed off as complete
+    conn.close()
+    assert gw.get("/echo/next").status == 200
+    assert "failed after the response started" in gw.stderr
+
+
+def test_targets_are_used_in_turn(start_gateway, upstream_port, second_upstream_port):
+    gw = start_gateway(f"""
+upstreams:
+  pair:
+    targets: ["http://127.0.0.1:{upstream_port}", "http://127.0.0.1:{second_upstream_port}"]
+routes:
+  - {{prefix: /, upstream: pair}}
+""")
+    ports = [gw.get("/echo").json()["server"][1] for _ in range(6)]
+    assert sorted(set(ports)) == sorted({upstream_port, second_upstream_port})
+    assert ports[0::2] == [ports[0]] * 3  # round-robin: every other request goes to the same target
+
+
+def test_idle_upstream_connections_expire(start_gateway, upstream_port):
+    gw = start_gateway(f"""
+upstreams:
+  api: {{targets: ["http://127.0.0.1:{upstream_port}"], keepalive_timeout: 400ms}}
+routes:
+  - {{prefix: /, upstream: api}}
+""")
+    first = gw.get("/echo").json()["client"]
+    assert gw.get("/echo").json()["client"] == first
+    import time
+
+    time.sleep(1.2)  # the pool's sweeper closes the idle connection
+    assert gw.get("/echo").json()["client"] != first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import signal
 import socket
@@ -205,3 +206,48 @@ def test_port_in_use_exits_1_with_one_line():
                          "--admin-port", str(free_port()))
     assert result.returncode == 1
     assert result.stderr.strip() == f"gateway: port {port} is already in use (0.0.0.0:{port})"
+
+
+def test_second_sigterm_stops_at_once(start_gateway, upstream_port):
+    gw = start_gateway(args=["--upstream", f"http://127.0.0.1:{upstream_port}", "--drain-timeout", "60s"])
+    def slow() -> None:
+        with contextlib.suppress(OSError, http.client.HTTPException):  # cut off by the second signal
+            gw.get("/slow?delay=30", timeout=40)
+
+    threading.Thread(target=slow, daemon=True).start()
+    time.sleep(0.5)
+    started = time.monotonic()
+    gw.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    gw.signal(signal.SIGTERM)
+    assert gw.proc.wait(15) == 0
+    assert time.monotonic() - started < 10
+    assert "stopping workers now" in gw.stderr
+
+
+def test_reload_keeps_listener_settings_until_restart(start_gateway, upstream_port, tmp_path):
+    gw = start_gateway(CONFIG_A.format(port=upstream_port))
+    config_path = next(tmp_path.glob("gateway-*.yaml"))
+    config_path.write_text("server: {backlog: 100, admin_host: 127.0.0.2}\n" + CONFIG_B.format(port=upstream_port))
+    gw.signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded" in gw.stderr, 20)
+    assert "reload: backlog, admin_host changed; that takes effect at the next restart" in gw.stderr
+    assert gw.admin("/readyz").status == 200  # still on the old admin address
+    assert gw.get("/b").status == 200  # the routes changed, on the same port
+    assert len(gw.workers()) == 1
+
+
+def test_unusable_addresses_exit_1_with_one_line():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        admin = holder.getsockname()[1]
+        result = run_cli("run", "--upstream", "http://127.0.0.1:9", "--port", str(free_port()),
+                         "--admin-port", str(admin))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"gateway: admin listener: port {admin} is already in use (127.0.0.1:{admin})"
+    result = run_cli("run", "--upstream", "http://127.0.0.1:9", "--host", "no-such-host.invalid",
+                     "--port", str(free_port()), "--admin-port", str(free_port()))
+    assert result.returncode == 1
+    assert result.stderr.startswith("gateway: cannot resolve listen address 'no-such-host.invalid'")
+    assert "Traceback" not in result.stderr

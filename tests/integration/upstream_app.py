@@ -10,6 +10,7 @@ Endpoints (any method unless said):
   /status?code=N      answers status N
   /drip?n=K&delay=S   K small chunks, S seconds apart
   /early-reply        answers 413 without reading the body
+  /break?after=N      sends headers promising 1 MB and N bytes of it, then resets the connection
 """
 
 import asyncio
@@ -77,6 +78,13 @@ async def app(scope, receive, send):
             await asyncio.sleep(float(args.get("delay", "0.1")))
         await send({"type": "http.response.body", "body": b""})
         return
+    if path.startswith("/break"):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"1048576")]})
+        await send({"type": "http.response.body", "body": b"x" * int(args.get("after", "1000")),
+                    "more_body": True})
+        await asyncio.sleep(0.05)
+        raise RuntimeError("the upstream breaks mid-response (on purpose)")
     if path.startswith("/early-reply"):
         await respond(send, 413, b'{"error":"too big for me"}', [(b"connection", b"close")])
         return
@@ -93,11 +101,13 @@ async def app(scope, receive, send):
         "method": scope["method"], "path": scope["path"], "raw_path": scope["raw_path"].decode("latin-1"),
         "query": scope["query_string"].decode("latin-1"),
         "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
-        "client": list(scope["client"]), "body_bytes": size, "body_sha256": digest,
+        "client": list(scope["client"]), "server": list(scope["server"]), "body_bytes": size,
+        "body_sha256": digest,
     }).encode()
     await respond(send, 200, body)
 
 
 if __name__ == "__main__":
+    # proxy_headers=False: the client address must be the gateway's connection, not X-Forwarded-For
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="on",
-                timeout_keep_alive=30)
+                timeout_keep_alive=30, timeout_graceful_shutdown=1, proxy_headers=False)

@@ -245,3 +245,11 @@ def test_markdown_table_details() -> None:
     assert "CPU count" in rows["GATEWAY_WORKERS"]
     assert "`8080`" in rows["GATEWAY_PORT"]
     assert "`64KiB`" in rows["GATEWAY_MAX_HEADER_BYTES"]
+
+
+def test_settings_module_prints_the_readme_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.settings import _main, markdown_table
+
+    assert _main(["settings", "--markdown"]) == 0
+    assert capsys.readouterr().out.strip() == markdown_table()
+    assert _main(["settings"]) == 2
