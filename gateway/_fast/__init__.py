@@ -24,7 +24,9 @@ def compiled(name: str) -> ModuleType | None:
         return None
     modname = f"{__name__}.{name}_c"
     spec = importlib.util.find_spec(modname)
-    if spec is None or not isinstance(spec.loader, ExtensionFileLoader):
+    if spec is None:
+        return None  # this module has no compiled build (yet)
+    if not isinstance(spec.loader, ExtensionFileLoader):  # only the X_c.py link: not built
         if REQUIRE_EXTENSIONS:
             raise ImportError(f"{modname} is not compiled (GATEWAY_REQUIRE_EXTENSIONS is set)")
         return None

@@ -256,6 +256,9 @@ class HttpProtocol(asyncio.Protocol):
         self.parsing: RequestCycle | None = None  # the request whose body is being read
         self.pipeline: deque[RequestCycle] = deque()
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
+        self.timer_deadline = 0.0
+        self.timer_action: Callable[[], None] | None = None
         self.head_pending = True
         self.head_bytes = 0
         self.url = b""
@@ -276,12 +279,12 @@ class HttpProtocol(asyncio.Protocol):
         sock = transport.get_extra_info("sockname")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         self.server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
-        self.arm_timer(self.limits.keepalive_timeout)
+        self.arm_timer(self.limits.keepalive_timeout, self.on_idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connections.discard(self)
-        self.cancel_timer()
+        self.drop_timer()
         cycle = self.active
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
@@ -302,7 +305,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.head_pending:
             if self.head_bytes == 0:
-                self.arm_timer(self.limits.header_timeout, idle=False)
+                self.arm_timer(self.limits.header_timeout, self.on_header_timeout)
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -347,8 +350,7 @@ class HttpProtocol(asyncio.Protocol):
         self.shutting_down = True
         cycle = self.active
         if cycle is None:
-            self.cancel_timer()
-            self.timer = self.loop.call_later(SHUTDOWN_GRACE, self.on_idle_timeout)
+            self.arm_timer(SHUTDOWN_GRACE, self.on_idle_timeout)
         elif self.pipeline:  # answer what was already received; the last one closes
             self.pipeline[-1].keep_alive = False
         elif not cycle.response_started:
@@ -360,7 +362,7 @@ class HttpProtocol(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.cancel_timer()
+            self.drop_timer()
             self.transport.close()
 
     def linger(self) -> None:
@@ -380,27 +382,50 @@ class HttpProtocol(asyncio.Protocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-        self.cancel_timer()
-        self.timer = self.loop.call_later(LINGER_TIME, self.close)
+        self.arm_timer(LINGER_TIME, self.close)
 
     # -- timers ---------------------------------------------------------------------------------------
 
-    def arm_timer(self, delay: float, idle: bool = True) -> None:
-        self.cancel_timer()
-        self.timer = self.loop.call_later(delay, self.on_idle_timeout if idle else self.on_header_timeout)
+    # One timer per connection, re-armed lazily: arming records a deadline and what to do then, and
+    # only schedules a callback when none is pending earlier. A callback that fires before the (moved)
+    # deadline schedules itself again. Requests in quick succession thus cost no timer operations.
+
+    def arm_timer(self, delay: float, action: Callable[[], None]) -> None:
+        deadline = self.loop.time() + delay
+        self.timer_deadline = deadline
+        self.timer_action = action
+        if self.timer is None or self.timer_at > deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer_at = deadline
+            self.timer = self.loop.call_at(deadline, self.on_timer)
 
     def cancel_timer(self) -> None:
+        self.timer_action = None  # the pending callback, if any, will find nothing to do
+
+    def drop_timer(self) -> None:
+        self.timer_action = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
-    def on_idle_timeout(self) -> None:
+    def on_timer(self) -> None:
         self.timer = None
+        action = self.timer_action
+        if action is None:
+            return
+        if self.loop.time() < self.timer_deadline:
+            self.timer_at = self.timer_deadline
+            self.timer = self.loop.call_at(self.timer_deadline, self.on_timer)
+            return
+        self.timer_action = None
+        action()
+
+    def on_idle_timeout(self) -> None:
         if self.active is None:
             self.close()
 
     def on_header_timeout(self) -> None:
-        self.timer = None
         if self.head_pending and self.active is None:
             self.fail(RequestTimeout())
 
@@ -609,9 +634,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.resume_reading()
         if self.head_pending and self.head_bytes == 0:
-            self.arm_timer(self.limits.keepalive_timeout)
-        elif self.head_pending and self.timer is None:  # a partial head arrived meanwhile: time it
-            self.arm_timer(self.limits.header_timeout, idle=False)
+            self.arm_timer(self.limits.keepalive_timeout, self.on_idle_timeout)
+        elif self.head_pending and self.timer_action is None:  # a partial head arrived meanwhile: time it
+            self.arm_timer(self.limits.header_timeout, self.on_header_timeout)
 
     def fail(self, exc: GatewayError) -> None:
         """Answers a protocol error (400/408/413/431/501) and closes the connection."""

@@ -21,6 +21,7 @@ class Pool:
     def __init__(self, target: Target, *, connect_timeout: float, read_timeout: float, keepalive: int,
                  keepalive_timeout: float) -> None:
         self.target = target
+        self.host_header = target.authority.encode("idna")  # Host sent upstream unless preserved
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.keepalive = keepalive

@@ -14,6 +14,7 @@ request is idempotent and has no body, since the upstream may simply have closed
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from gateway._fast.protocol import ClientDisconnected
@@ -38,8 +39,11 @@ RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
+@functools.lru_cache(maxsize=256)
 def _connection_tokens(value: bytes) -> frozenset[bytes]:
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+    """Header names a Connection header lists, beyond the hop-by-hop ones already dropped (cached:
+    the same few values, like ``keep-alive``, come back on every response)."""
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip()) - HOP_BY_HOP
 
 
 class ProxyStage(Stage):
@@ -170,14 +174,14 @@ class ProxyStage(Stage):
         length = special.get(b"content-length", b"")
         chunked = b"transfer-encoding" in special  # llhttp accepts it only when chunked comes last
         connection = special.get(b"connection", b"")
-        if connection:
-            named = _connection_tokens(connection)
+        named = _connection_tokens(connection) if connection else None
+        if named:
             kept = [(n, v) for n, v in kept if n not in named]
         for name, value in kept:
             lines += (name, b": ", value, b"\r\n")
         client = scope["client"]
         client_ip = client[0].encode("ascii") if client else b"unknown"
-        upstream_host = host if (self.preserve_host and host) else pool.target.authority.encode("idna")
+        upstream_host = host if (self.preserve_host and host) else pool.host_header
         lines += (b"host: ", upstream_host, b"\r\nx-forwarded-for: ",
                   forwarded_for + b", " + client_ip if forwarded_for else client_ip,
                   b"\r\nx-forwarded-proto: ", scope["scheme"].encode("ascii"),
@@ -206,8 +210,8 @@ class ProxyStage(Stage):
                     connection = connection + b"," + value if connection else value
                 continue
             out.append((name, value))
-        if connection:
-            named = _connection_tokens(connection)
+        named = _connection_tokens(connection) if connection else None
+        if named:
             out = [(n, v) for n, v in out if n not in named]
         return out
 

@@ -41,6 +41,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.failure: Exception | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.timeout_message = ""
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.requests = 0
@@ -191,22 +194,37 @@ class UpstreamConnection(asyncio.Protocol):
             await self._wait("the upstream stalled sending the response body beyond the read timeout")
 
     async def _wait(self, timeout_message: str) -> None:
+        """Waits for the next bytes, at most ``read_timeout``.
+
+        The read timer is lazy: a wait records its deadline, and a callback is only scheduled when none
+        is pending; one that fires before the current deadline schedules itself again. So a busy
+        connection costs no timer operation per wait.
+        """
         if self.failure is not None:
             raise self.failure
-        self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(self.read_timeout, self._timeout, self.waiter, timeout_message)
+        loop = self.loop
+        self.waiter = loop.create_future()
+        self.deadline = loop.time() + self.read_timeout
+        self.timeout_message = timeout_message
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._check_timeout)
         try:
             await self.waiter
         finally:
-            timer.cancel()
             self.waiter = None
         if self.failure is not None:
             raise self.failure
 
-    def _timeout(self, waiter: asyncio.Future[None], message: str) -> None:
-        if not waiter.done():  # else data arrived in the same loop turn: the exchange is healthy
-            waiter.set_exception(UpstreamTimeout(message))
-            self.abort()
+    def _check_timeout(self) -> None:
+        self.timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits now; the next wait schedules a new callback
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._check_timeout)
+            return
+        waiter.set_exception(UpstreamTimeout(self.timeout_message))
+        self.abort()
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -219,13 +237,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Closes a healthy connection politely (FIN, not RST)."""
+        self.drop_timer()
         self.keep_alive = False
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.close()
 
+    def drop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     def abort(self) -> None:
         """Closes the connection at once; it will not be reused."""
+        self.drop_timer()
         self.keep_alive = False
         if not self.closed and self.transport is not None:
             self.closed = True
