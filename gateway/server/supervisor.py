@@ -79,6 +79,15 @@ class Slot:
         self.crashes = 0
         self.restart: asyncio.TimerHandle | None = None
 
+    def restart_delay(self, lived: float) -> float:
+        """Seconds to wait before replacing a worker that lived ``lived`` seconds: 0.1 s, doubling with
+        each crash in a row up to 10 s; a worker that lived STABLE_AFTER seconds starts the count anew."""
+        if lived >= STABLE_AFTER:
+            self.crashes = 0
+        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2**self.crashes)
+        self.crashes += 1
+        return delay
+
 
 def bind_listener(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
     """A listening TCP socket; raises StartupError naming the address on failure."""
@@ -272,9 +281,7 @@ class Supervisor:
 
     def schedule_restart(self, slot: Slot, dead: Worker) -> None:
         loop = asyncio.get_running_loop()
-        lived = loop.time() - dead.started_at
-        slot.crashes = 0 if lived >= STABLE_AFTER else slot.crashes + 1
-        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2 ** slot.crashes)
+        delay = slot.restart_delay(lived=loop.time() - dead.started_at)
         logger.info("restarting worker slot %d in %.1fs", slot.index, delay)
         slot.restart = loop.call_later(delay, lambda: self.track(self.restart(slot, dead)))
 

@@ -106,6 +106,9 @@ def test_sigterm_finishes_in_flight_requests(start_gateway, upstream_port):
         thread.start()
     time.sleep(0.5)
     gw.signal(signal.SIGTERM)
+    time.sleep(0.3)
+    draining = gw.admin("/readyz")  # the admin port answers until the drain ends: not ready
+    assert (draining.status, draining.json()["status"]) == (503, "draining")
     for thread in threads:
         thread.join(20)
     assert results == [200] * 4

@@ -1073,3 +1073,56 @@ async def test_unread_body_lingers_after_the_response(impl: ModuleType) -> None:
     assert not conn.transport.closed
     conn.protocol.eof_received()
     conn.protocol.connection_lost(None)
+
+
+# --- robustness: mutated requests in random pieces ------------------------------------------------------
+
+
+SEEDS = (
+    b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    b"GET / HTTP/1.0\r\n\r\n",
+)
+
+
+@pytest.fixture
+def no_loop_errors(caplog: pytest.LogCaptureFixture) -> Any:
+    yield
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.usefixtures("no_loop_errors")
+@async_test
+async def test_mutated_requests_never_escape_the_protocol(impl: ModuleType, seed: int) -> None:
+    """Whatever bytes arrive, in whatever pieces: nothing raises out of data_received, and every answer
+    is the app's 200 or a JSON 4xx/5xx from the gateway."""
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(25):
+        data = bytearray(b"".join(rng.choice(SEEDS) for _ in range(rng.randint(1, 3))))
+        for _ in range(rng.randint(1, 6)):
+            at = rng.randrange(len(data))
+            action = rng.random()
+            if action < 0.4:
+                data[at] = rng.randrange(256)
+            elif action < 0.7:
+                del data[at : at + rng.randint(1, 4)]
+            else:
+                data[at:at] = rng.choice([b"\r\n", b":", b" ", b"\x00", b"0", b"-1", b"\r\n\r\n", b"\xff"])
+        conn = Conn(impl, Recorder(), max_header_bytes=256, max_body_bytes=64)
+        pos = 0
+        while pos < len(data) and not conn.closed:
+            step = rng.randint(1, 40)
+            conn.feed(bytes(data[pos : pos + step]))
+            pos += step
+            await conn.settle()
+        for response in conn.responses():
+            assert response.status == 200 or 400 <= response.status < 600
+            if response.status != 200 and response.complete:
+                assert orjson.loads(response.body)["status"] == response.status
+        conn.protocol.connection_lost(None)
+        await conn.settle()
