@@ -237,21 +237,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Closes a healthy connection politely (FIN, not RST)."""
-        self.drop_timer()
-        self.keep_alive = False
-        if not self.closed and self.transport is not None:
-            self.closed = True
-            self.transport.close()
+        self._shut(abort=False)
 
-    def drop_timer(self) -> None:
+    def abort(self) -> None:
+        """Closes the connection at once (RST); it will not be reused."""
+        self._shut(abort=True)
+
+    def _shut(self, abort: bool) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-
-    def abort(self) -> None:
-        """Closes the connection at once; it will not be reused."""
-        self.drop_timer()
         self.keep_alive = False
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.abort()
+            if abort:
+                self.transport.abort()
+            else:
+                self.transport.close()

@@ -84,7 +84,7 @@ class Slot:
         each crash in a row up to 10 s; a worker that lived STABLE_AFTER seconds starts the count anew."""
         if lived >= STABLE_AFTER:
             self.crashes = 0
-        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2**self.crashes)
+        delay = min(RESTART_DELAY_MAX, RESTART_DELAY_MIN * 2.0**self.crashes)
         self.crashes += 1
         return delay
 

@@ -8,7 +8,6 @@ tasks are real) and against every implementation of the protocol that is present
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from uvicorn.server import ServerState
 
 from gateway._fast import implementations
 from gateway.errors import MethodNotAllowed
+from tests.unit.helpers import async_test
 
 IMPLS = implementations("protocol")
 PEER = ("127.0.0.1", 51000)
@@ -35,16 +35,6 @@ App = Callable[[Any, Any, Any], Coroutine[Any, Any, None]]
 @pytest.fixture(params=sorted(IMPLS), ids=str)
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     return IMPLS[request.param]
-
-
-def async_test(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Runs an ``async def`` test on a fresh event loop (pytest-asyncio is not used here)."""
-
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return wrapper
 
 
 # --- the fake transport and the connection harness ---------------------------------------------------

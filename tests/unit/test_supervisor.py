@@ -33,5 +33,5 @@ def test_bind_listener_names_the_address() -> None:
         port = holder.getsockname()[1]
         with pytest.raises(StartupError, match=f"port {port} is already in use \\(127.0.0.1:{port}\\)"):
             bind_listener("127.0.0.1", port, 16, reuse_port=False)
-    with pytest.raises(StartupError, match="cannot listen on 192.0.2.1:8080: Cannot assign requested address"):
+    with pytest.raises(StartupError, match=r"cannot listen on 192\.0\.2\.1:8080: Cannot assign requested address"):
         bind_listener("192.0.2.1", 8080, 16, reuse_port=False)  # TEST-NET: not an address of this host

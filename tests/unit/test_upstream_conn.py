@@ -7,8 +7,6 @@ aborts and read pauses. Pool tests use such connections and replace ``Pool.conne
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -17,18 +15,9 @@ from gateway.errors import BadGateway, GatewayTimeout
 from gateway.proxy.pool import Pool
 from gateway.proxy.target import Target
 from gateway.proxy.upstream import HIGH_WATER, UpstreamConnection, UpstreamError, UpstreamTimeout
+from tests.unit.helpers import async_test
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-
-
-def async_test(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Runs an ``async def`` test on a fresh event loop (pytest-asyncio is not used here)."""
-
-    @functools.wraps(test)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return wrapper
 
 
 class MockTransport:
