@@ -75,6 +75,12 @@ class NotImplementedMethod(GatewayError):
     default_message = "this request needs a protocol feature the gateway does not offer"
 
 
+class VersionNotSupported(GatewayError):
+    status = 505
+    code = "http_version_not_supported"
+    default_message = "the gateway speaks HTTP/1.0 and HTTP/1.1 on this port"
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """What one connection may send and how long it may take (see gateway.settings)."""
@@ -264,6 +270,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length = -1
+        self.transfer_encoding = b""
         self.expect_100 = False
         self.shutting_down = False
         self.upgraded = False
@@ -452,6 +459,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.content_length = -1
+        self.transfer_encoding = b""
         self.expect_100 = False
 
     def on_url(self, url: bytes) -> None:
@@ -459,8 +467,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
+        if value and value[-1] in (32, 9):  # llhttp keeps trailing whitespace; it is not part of the value
+            value = value.rstrip(b" \t")
         if name == b"content-length":
             self.content_length = int(value)  # llhttp already checked it is a single, valid number
+        elif name == b"transfer-encoding":
+            self.transfer_encoding = value
         elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
         self.headers.append((name, value))
@@ -476,9 +488,14 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self.error = VersionNotSupported()
+            raise self.error
         if parser.should_upgrade() and (method == "CONNECT" or self.content_length > 0):
             self.error = NotImplementedMethod("CONNECT and upgrades with a body are not supported")
             raise self.error
+        if self.transfer_encoding:
+            self.check_transfer_encoding(version)
         scope = self.build_scope(method, version)
         limit = self.limits.max_body_bytes
         if limit and self.content_length > limit:
@@ -494,6 +511,19 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.pipeline.append(cycle)
             self.pause_reading()
+
+    def check_transfer_encoding(self, version: str) -> None:
+        """Only ``chunked`` on HTTP/1.1 (llhttp already refused codings that do not end in chunked).
+
+        HTTP/1.0 has no chunked coding, so a Transfer-Encoding there makes the length ambiguous (400);
+        any other coding before chunked is one the gateway does not implement (501, RFC 9112 6.1).
+        """
+        if version == "1.0":
+            self.error = BadRequest("Transfer-Encoding is not allowed on HTTP/1.0 requests")
+            raise self.error
+        if self.transfer_encoding.strip().lower() != b"chunked":
+            self.error = NotImplementedMethod("only the chunked transfer coding is supported")
+            raise self.error
 
     def build_scope(self, method: str, version: str) -> Scope:
         url = self.url

@@ -33,6 +33,7 @@ HOP_BY_HOP = frozenset({
 REQUEST_SET_BY_PROXY = frozenset({
     b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
     b"x-request-id",
+    b"http2-settings",  # belongs to an h2c upgrade, which is never forwarded
 })
 REQUEST_DROP = HOP_BY_HOP | REQUEST_SET_BY_PROXY
 RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
@@ -164,7 +165,8 @@ class ProxyStage(Stage):
         special: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             if name not in REQUEST_DROP:
-                kept.append((name, value))
+                if b"_" not in name:  # X_Forwarded_For and kin are dropped, as nginx does: some
+                    kept.append((name, value))  # servers read them as X-Forwarded-For
             elif name in special:  # repeated: a list-valued header such as X-Forwarded-For
                 special[name] += b", " + value
             else:
