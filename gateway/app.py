@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 
+from gateway._fast.headers import request_info
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
 from gateway.errors import BadRequest, GatewayError, error_body
 from gateway.exchange import Exchange, Stage, chain
@@ -26,7 +27,7 @@ from gateway.proxy.stage import ProxyStage
 from gateway.proxy.target import Target
 from gateway.routing.config import RouteSpec
 from gateway.routing.paths import make_rewriter, normalize_path
-from gateway.routing.table import RouteTable, host_of
+from gateway.routing.table import RouteTable
 from gateway.upstreams.config import UpstreamSpec
 from gateway.upstreams.upstream import Upstream
 
@@ -102,12 +103,7 @@ class Gateway:
 
     def identify(self, ex: Exchange) -> None:
         """Stage: request id (passed through when sane, else generated) and the request's host."""
-        request_id = ""
-        for name, value in ex.scope["headers"]:
-            if name == b"host":
-                ex.host = host_of(value.decode("latin-1"))
-            elif name == b"x-request-id":
-                request_id = value.decode("latin-1")
+        ex.host, request_id = request_info(ex.scope["headers"])
         if not request_id or len(request_id) > MAX_REQUEST_ID or not request_id.isprintable() \
                 or " " in request_id:
             request_id = new_request_id()

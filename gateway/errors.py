@@ -65,6 +65,10 @@ class BadGateway(GatewayError):
     default_message = "the upstream could not be reached or broke the connection"
 
 
+class UpstreamError(BadGateway):
+    """The upstream refused, reset or broke the connection, or sent a malformed response (502)."""
+
+
 class ServiceUnavailable(GatewayError):
     status = 503
     code = "service_unavailable"
@@ -75,6 +79,10 @@ class GatewayTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
     default_message = "the upstream did not answer in time"
+
+
+class UpstreamTimeout(GatewayTimeout):
+    """The upstream did not connect or send in time (504)."""
 
 
 def error_body(status: int, code: str, message: str, request_id: str) -> bytes:

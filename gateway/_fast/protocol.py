@@ -1,27 +1,38 @@
-"""The HTTP/1.1 server protocol (see ``protocol_py``).
+"""The HTTP/1.1 server protocol (see ``protocol_py``): compiled when built, else the pure-Python twin."""
 
-Pure Python for now: this source compiled unchanged by Cython proxied 16,300 req/s against 17,100 for
-CPython running it (``python -m bench.proxy_rps``, one worker, same run), most likely because Cython's
-coroutines resume the app's native coroutines through a slower path. The compiled protocol comes with
-the performance issue, as a proper extension type, and will be chosen here like the router is.
-"""
+from typing import TYPE_CHECKING
 
-from gateway._fast.protocol_py import (
-    ASGIApp,
-    ClientDisconnected,
-    HttpProtocol,
-    Limits,
-    Message,
-    Receive,
-    RequestCycle,
-    Scope,
-    Send,
-    error_response,
-    new_request_id,
-    uvicorn_protocol,
-)
+from gateway._fast import load
 
-IMPLEMENTATION = "python"
+_impl = load("protocol")
+
+if TYPE_CHECKING:  # both builds share protocol_py's API; type-check against it
+    from gateway._fast.protocol_py import (
+        ASGIApp,
+        ClientDisconnected,
+        HttpProtocol,
+        Limits,
+        Message,
+        Receive,
+        RequestCycle,
+        Scope,
+        Send,
+        error_response,
+        new_request_id,
+        uvicorn_protocol,
+    )
+else:
+    ASGIApp, Message, Receive, Scope, Send = (_impl.ASGIApp, _impl.Message, _impl.Receive, _impl.Scope,
+                                              _impl.Send)
+    ClientDisconnected = _impl.ClientDisconnected
+    HttpProtocol = _impl.HttpProtocol
+    Limits = _impl.Limits
+    RequestCycle = _impl.RequestCycle
+    error_response = _impl.error_response
+    new_request_id = _impl.new_request_id
+    uvicorn_protocol = _impl.uvicorn_protocol
+
+IMPLEMENTATION = "compiled" if _impl.__name__.endswith("_c") else "python"
 
 __all__ = [
     "IMPLEMENTATION", "ASGIApp", "ClientDisconnected", "HttpProtocol", "Limits", "Message", "Receive",

@@ -48,7 +48,8 @@ class Pool:
         target = self.target
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
+                # an asyncio protocol by its methods (compiled, it cannot subclass asyncio.Protocol)
+                _, conn = await loop.create_connection(  # type: ignore[type-var]
                     lambda: UpstreamConnection(loop, self.read_timeout), target.host, target.port
                 )
         except TimeoutError:

@@ -14,9 +14,9 @@ request is idempotent and has no body, since the upstream may simply have closed
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
+from gateway._fast.headers import request_head, response_headers
 from gateway._fast.protocol import ClientDisconnected
 from gateway.exchange import Exchange, Headers, Stage
 from gateway.proxy.pool import Pool
@@ -26,25 +26,7 @@ from gateway.upstreams.upstream import Upstream
 
 logger = logging.getLogger("gateway.proxy")
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
-    b"proxy-authorization", b"proxy-authenticate",
-})
-REQUEST_SET_BY_PROXY = frozenset({
-    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-    b"x-request-id",
-    b"http2-settings",  # belongs to an h2c upgrade, which is never forwarded
-})
-REQUEST_DROP = HOP_BY_HOP | REQUEST_SET_BY_PROXY
-RESPONSE_DROP = HOP_BY_HOP | {b"x-request-id"}
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-
-@functools.lru_cache(maxsize=256)
-def _connection_tokens(value: bytes) -> frozenset[bytes]:
-    """Header names a Connection header lists, beyond the hop-by-hop ones already dropped (cached:
-    the same few values, like ``keep-alive``, come back on every response)."""
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip()) - HOP_BY_HOP
 
 
 class ProxyStage(Stage):
@@ -160,62 +142,15 @@ class ProxyStage(Stage):
     def request_head(self, ex: Exchange, method: str, target: bytes, pool: Pool) -> tuple[bytes, bytes]:
         """The request line and headers for the upstream, and the body framing (b"", length or chunked)."""
         scope = ex.scope
-        lines = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        kept: Headers = []
-        special: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            if name not in REQUEST_DROP:
-                if b"_" not in name:  # X_Forwarded_For and kin are dropped, as nginx does: some
-                    kept.append((name, value))  # servers read them as X-Forwarded-For
-            elif name in special:  # repeated: a list-valued header such as X-Forwarded-For
-                special[name] += b", " + value
-            else:
-                special[name] = value
-        host = special.get(b"host", b"")
-        forwarded_for = special.get(b"x-forwarded-for", b"")
-        length = special.get(b"content-length", b"")
-        chunked = b"transfer-encoding" in special  # llhttp accepts it only when chunked comes last
-        connection = special.get(b"connection", b"")
-        named = _connection_tokens(connection) if connection else None
-        if named:
-            kept = [(n, v) for n, v in kept if n not in named]
-        for name, value in kept:
-            lines += (name, b": ", value, b"\r\n")
         client = scope["client"]
-        client_ip = client[0].encode("ascii") if client else b"unknown"
-        upstream_host = host if (self.preserve_host and host) else pool.host_header
-        lines += (b"host: ", upstream_host, b"\r\nx-forwarded-for: ",
-                  forwarded_for + b", " + client_ip if forwarded_for else client_ip,
-                  b"\r\nx-forwarded-proto: ", scope["scheme"].encode("ascii"),
-                  b"\r\nx-request-id: ", ex.request_id.encode("latin-1"), b"\r\n")
-        if host:
-            lines += (b"x-forwarded-host: ", host, b"\r\n")
-        framing = b""
-        if chunked:
-            framing = b"chunked"
-            lines.append(b"transfer-encoding: chunked\r\n")
-        elif length:
-            lines += (b"content-length: ", length, b"\r\n")
-            if length != b"0":
-                framing = length
-        lines.append(b"\r\n")
-        return b"".join(lines), framing
+        return request_head(method.encode("ascii"), target, scope["headers"],
+                            client[0].encode("ascii") if client else b"unknown", scope["scheme"].encode("ascii"),
+                            ex.request_id.encode("latin-1"), pool.host_header, self.preserve_host)
 
     @staticmethod
     def response_headers(headers: Headers) -> Headers:
         """The upstream's response headers without hop-by-hop ones (framing is the protocol's job)."""
-        out: Headers = []
-        connection = b""
-        for name, value in headers:
-            if name in RESPONSE_DROP:
-                if name == b"connection":
-                    connection = connection + b"," + value if connection else value
-                continue
-            out.append((name, value))
-        named = _connection_tokens(connection) if connection else None
-        if named:
-            out = [(n, v) for n, v in out if n not in named]
-        return out
+        return response_headers(headers)
 
 
 def _frame(body: bytes, chunked: bool) -> bytes:

@@ -5,21 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
+from gateway._fast.headers import host_of
 from gateway._fast.router import Router
 from gateway.config import ConfigError
 from gateway.errors import MethodNotAllowed, RouteNotFound
 from gateway.routing.config import RouteSpec
 
 T = TypeVar("T")
-
-
-def host_of(header: str) -> str:
-    """The host of a Host header value, lower-cased, without the port."""
-    if header.startswith("["):  # an IPv6 literal: [::1]:8080
-        end = header.find("]")
-        return header[: end + 1].lower() if end > 0 else header.lower()
-    colon = header.find(":")
-    return (header if colon < 0 else header[:colon]).lower()
+__all__ = ["RouteTable", "host_of"]
 
 
 class RouteTable(Generic[T]):

@@ -205,7 +205,8 @@ class Supervisor:
         state = ServerState()
         limits = Limits(max_header_bytes=16384, max_body_bytes=65536, keepalive_timeout=5.0)
         self.admin_server = await loop.create_server(
-            lambda: HttpProtocol(app, limits, state, loop), sock=self.admin_sock
+            lambda: HttpProtocol(app, limits, state, loop),  # type: ignore[arg-type, return-value]
+            sock=self.admin_sock,
         )
 
     # -- workers ------------------------------------------------------------------------------------

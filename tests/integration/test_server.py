@@ -230,10 +230,12 @@ def test_second_sigterm_stops_at_once(start_gateway, upstream_port):
 
 def test_reload_keeps_listener_settings_until_restart(start_gateway, upstream_port, tmp_path):
     gw = start_gateway(CONFIG_A.format(port=upstream_port))
+    old_pids = {w["pid"] for w in gw.workers()}
     config_path = next(tmp_path.glob("gateway-*.yaml"))
     config_path.write_text("server: {backlog: 100, admin_host: 127.0.0.2}\n" + CONFIG_B.format(port=upstream_port))
     gw.signal(signal.SIGHUP)
     wait_until(lambda: "reloaded" in gw.stderr, 20)
+    wait_until(lambda: all(f"pid {pid} stopped" in gw.stderr for pid in old_pids), 20)
     assert "reload: backlog, admin_host changed; that takes effect at the next restart" in gw.stderr
     assert gw.admin("/readyz").status == 200  # still on the old admin address
     assert gw.get("/b").status == 200  # the routes changed, on the same port

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway._fast import implementations
 from gateway.errors import BadGateway, GatewayTimeout
 from gateway.proxy.pool import Pool
 from gateway.proxy.target import Target
@@ -50,6 +51,15 @@ class MockTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
+
+IMPLS = implementations("upstream")
+
+
+@pytest.fixture(autouse=True, params=sorted(IMPLS), ids=str)
+def impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here runs against the compiled build and the pure-Python twin."""
+    monkeypatch.setitem(globals(), "UpstreamConnection", IMPLS[request.param].UpstreamConnection)
+
 
 
 def connect(read_timeout: float = 1.0) -> tuple[UpstreamConnection, MockTransport]:

@@ -1,0 +1,17 @@
+"""The upstream HTTP/1.1 connection (see ``upstream_py``): compiled when built, else the pure twin."""
+
+from typing import TYPE_CHECKING
+
+from gateway._fast import load
+
+_impl = load("upstream")
+
+if TYPE_CHECKING:  # both builds share upstream_py's API; type-check against it
+    from gateway._fast.upstream_py import HIGH_WATER, UpstreamConnection
+else:
+    HIGH_WATER = _impl.HIGH_WATER
+    UpstreamConnection = _impl.UpstreamConnection
+
+IMPLEMENTATION = "compiled" if _impl.__name__.endswith("_c") else "python"
+
+__all__ = ["HIGH_WATER", "IMPLEMENTATION", "UpstreamConnection"]
