@@ -100,7 +100,7 @@ def make_gateway(loop: asyncio.AbstractEventLoop) -> Any:
     app = Gateway(from_document(CONFIG))
     pool = app.upstreams["api"].pools[0]
 
-    async def connect(_loop: Any) -> Any:
+    async def connect() -> Any:
         conn = UpstreamConnection(loop, 60.0)
         transport = UpstreamTransport(loop)
         transport.protocol = conn

@@ -9,7 +9,7 @@ status and headers just before they are sent, so the response passes back throug
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway._fast.protocol import Message, Receive, Scope, Send
@@ -50,20 +50,22 @@ class Exchange:
             self.response_hooks = []
         self.response_hooks.append(hook)
 
-    async def start_response(self, status: int, headers: Headers) -> None:
-        """Sends the status and headers through the response hooks; adds ``x-request-id``."""
+    def start_response(self, status: int, headers: Headers) -> Awaitable[None]:
+        """Sends the status and headers through the response hooks; adds ``x-request-id``.
+
+        Returns what ``send`` returns (not a coroutine function: one frame less per response)."""
         if self.response_hooks is not None:
             for hook in reversed(self.response_hooks):
                 hook(self, status, headers)
         headers.append((b"x-request-id", self.request_id.encode("latin-1")))
         self.status = status
         self.response_started = True
-        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        return self.send({"type": "http.response.start", "status": status, "headers": headers})
 
-    async def send_body(self, body: bytes, more_body: bool) -> None:
+    def send_body(self, body: bytes, more_body: bool) -> Awaitable[None]:
         self.bytes_sent += len(body)
         message: Message = {"type": "http.response.body", "body": body, "more_body": more_body}
-        await self.send(message)
+        return self.send(message)
 
 
 class Stage:

@@ -5,10 +5,6 @@
 import cython
 
 
-cdef class Done:
-    pass
-
-
 cdef class RequestCycle:
     cdef public HttpProtocol protocol
     cdef public dict scope

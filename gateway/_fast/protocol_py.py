@@ -32,6 +32,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from gateway._fast.done import DONE
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -62,23 +63,6 @@ NO_BODY_STATUSES = frozenset({204, 304})
 
 class ClientDisconnected(OSError):
     """The client closed the connection before the response was sent."""
-
-
-class Done:
-    """An awaitable that is already complete: ``await Done()`` is None without suspending.
-
-    ``send`` returns it when nothing needs waiting for (almost always), which spares a coroutine object
-    and its frame per call; when the client's socket is full it returns the drain future instead.
-    """
-
-    __slots__ = ()
-
-    def __await__(self) -> Any:
-        return EMPTY
-
-
-EMPTY = iter(())  # an exhausted iterator stays exhausted: one serves every await of DONE
-DONE = Done()
 
 
 class RequestTimeout(GatewayError):

@@ -10,9 +10,11 @@ client side catches up, so a fast upstream and a slow client never buffer a whol
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import httptools
 
+from gateway._fast.done import DONE
 from gateway.errors import UpstreamError, UpstreamTimeout
 
 HIGH_WATER = 256 * 1024
@@ -162,7 +164,7 @@ class UpstreamConnection:
     async def response_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Waits for the status and headers of the response."""
         while not self.head_done:
-            await self._wait("the upstream did not send response headers within the read timeout")
+            await self.wait_head()
         return self.status, self.headers
 
     def take_body(self) -> tuple[bytes, bool]:
@@ -182,13 +184,18 @@ class UpstreamConnection:
             self.transport.resume_reading()
         return data, self.complete
 
-    async def wait_body(self) -> None:
-        """Waits until more body bytes arrive or the body ends."""
-        if not self.body and not self.complete:
-            await self._wait("the upstream stalled sending the response body beyond the read timeout")
+    def wait_head(self) -> Awaitable[None]:
+        """Done when more of the response head has arrived (await it while ``head_done`` is false)."""
+        return self._wait("the upstream did not send response headers within the read timeout")
 
-    async def _wait(self, timeout_message: str) -> None:
-        """Waits for the next bytes, at most ``read_timeout``.
+    def wait_body(self) -> Awaitable[None]:
+        """Done when more body bytes have arrived or the body has ended."""
+        if self.body or self.complete:
+            return DONE
+        return self._wait("the upstream stalled sending the response body beyond the read timeout")
+
+    def _wait(self, timeout_message: str) -> asyncio.Future[None]:
+        """A future for the next bytes, failing with the connection's failure or after ``read_timeout``.
 
         The read timer is lazy: a wait records its deadline, and a callback is only scheduled when none
         is pending; one that fires before the current deadline schedules itself again. So a busy
@@ -197,17 +204,12 @@ class UpstreamConnection:
         if self.failure is not None:
             raise self.failure
         loop = self.loop
-        self.waiter = loop.create_future()
+        waiter = self.waiter = loop.create_future()
         self.deadline = loop.time() + self.read_timeout
         self.timeout_message = timeout_message
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._check_timeout)
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-        if self.failure is not None:
-            raise self.failure
+        return waiter
 
     def _check_timeout(self) -> None:
         self.timer = None
@@ -217,13 +219,19 @@ class UpstreamConnection:
         if self.loop.time() < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._check_timeout)
             return
+        self.waiter = None
         waiter.set_exception(UpstreamTimeout(self.timeout_message))
         self.abort()
 
     def wake(self) -> None:
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                if self.failure is not None:
+                    waiter.set_exception(self.failure)
+                else:
+                    waiter.set_result(None)
 
     @property
     def reusable(self) -> bool:

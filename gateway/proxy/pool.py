@@ -32,9 +32,14 @@ class Pool:
 
     async def acquire(self) -> UpstreamConnection:
         """An idle connection that is still open and fresh, else a new one."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        return self.take_idle() or await self.connect()
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still open and fresh, if any."""
         idle = self.idle
+        if not idle:
+            return None
+        now = idle[-1].loop.time()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self.keepalive_timeout:
@@ -42,9 +47,11 @@ class Pool:
                 self.reused += 1
                 return conn
             conn.close()
-        return await self.connect(loop)
+        return None
 
-    async def connect(self, loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
+    async def connect(self) -> UpstreamConnection:
+        """A new connection to the target (502 if refused, 504 past the connect timeout)."""
+        loop = asyncio.get_running_loop()
         target = self.target
         try:
             async with asyncio.timeout(self.connect_timeout):

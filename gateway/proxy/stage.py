@@ -46,44 +46,49 @@ class ProxyStage(Stage):
         pool = self.upstream.pick()
         ex.target = pool.target
         head, body_framing = self.request_head(ex, method, target, pool)
-        conn = await self.exchange_head(ex, pool, head, body_framing, method)
-        pump: asyncio.Task[None] | None = None
-        try:
-            if body_framing:
-                pump = await self.send_first_body(ex, conn, head, body_framing)
-            status, headers = await conn.response_head()
-            await ex.start_response(status, self.response_headers(headers))
-            await self.stream_response(ex, conn)
-        finally:
-            if pump is not None and not pump.done():
-                pump.cancel()
-                conn.keep_alive = False  # the request was not sent whole: this connection is spent
-            pool.release(conn)
-
-    async def exchange_head(
-        self, ex: Exchange, pool: Pool, head: bytes, body_framing: bytes, method: str
-    ) -> UpstreamConnection:
-        """A connection with the request head written (and, without a body, the response head awaited).
-
-        Retries once on a fresh connection when a reused one turns out dead before answering.
-        """
+        # Retried once on a fresh connection when a reused one turns out dead before answering.
         retry_safe = not body_framing and method in IDEMPOTENT
         while True:
-            conn = await pool.acquire()
+            conn = pool.take_idle() or await pool.connect()
             reused = conn.requests > 0
             conn.begin(method == "HEAD")
-            if body_framing:
-                return conn  # the head goes out with the first body chunk
+            pump: asyncio.Task[None] | None = None
             try:
-                conn.write(head)
-                await conn.response_head()
+                if body_framing:
+                    pump = await self.send_first_body(ex, conn, head, body_framing)
+                else:
+                    conn.write(head)
+                while not conn.head_done:
+                    await conn.wait_head()
             except UpstreamError:
-                pool.release(conn)
+                self.finish(pool, conn, pump)
                 if retry_safe and reused and not conn.received_any:
                     retry_safe = False
                     continue
                 raise
-            return conn
+            except BaseException:
+                self.finish(pool, conn, pump)
+                raise
+            break
+        try:
+            await ex.start_response(conn.status, response_headers(conn.headers))
+            data, done = conn.take_body()
+            while not done:  # the body, copied to the client as it arrives
+                if data:
+                    await ex.send_body(data, True)
+                await conn.wait_body()
+                data, done = conn.take_body()
+            await ex.send_body(data, False)
+        finally:
+            self.finish(pool, conn, pump)
+
+    @staticmethod
+    def finish(pool: Pool, conn: UpstreamConnection, pump: asyncio.Task[None] | None) -> None:
+        """Returns the connection to the pool (which closes it unless the exchange ended cleanly)."""
+        if pump is not None and not pump.done():
+            pump.cancel()
+            conn.keep_alive = False  # the request was not sent whole: this connection is spent
+        pool.release(conn)
 
     async def send_first_body(
         self, ex: Exchange, conn: UpstreamConnection, head: bytes, framing: bytes
@@ -128,16 +133,6 @@ class ProxyStage(Stage):
                 conn.failure = exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc))
             conn.abort()
             conn.wake()
-
-    async def stream_response(self, ex: Exchange, conn: UpstreamConnection) -> None:
-        """Copies the response body to the client as it arrives, until the upstream ends it."""
-        data, done = conn.take_body()
-        while not done:
-            if data:
-                await ex.send_body(data, True)
-            await conn.wait_body()
-            data, done = conn.take_body()
-        await ex.send_body(data, False)
 
     def request_head(self, ex: Exchange, method: str, target: bytes, pool: Pool) -> tuple[bytes, bytes]:
         """The request line and headers for the upstream, and the body framing (b"", length or chunked)."""

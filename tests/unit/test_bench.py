@@ -86,7 +86,7 @@ def test_figures_and_ratio_tables() -> None:
     columns = [("rps", "req/s", "{:,.0f}"), ("p99_ms", "p99 ms", "{:.2f}")]
     figures = report.figures_table(rows(), columns)
     assert "| gateway | 30,000 | 2.00 |" in figures
-    assert "| nginx (errors¹) | 60,000 | 1.00 |" in figures
+    assert "| nginx ¹ | 60,000 | 1.00 |" in figures
     assert "| gateway ÷ nginx | 0.50x | 2.00x |" in report.ratios_table(rows(), columns, "gateway")
 
 
@@ -107,10 +107,16 @@ def test_micro_results_side_by_side() -> None:
     assert "| 10 / net | 100.0 | 450.0 | 4.50x |" in section
 
 
-def test_medians_of_rounds_skip_missing_figures_and_join_errors() -> None:
-    merged = scenarios.medians([{"rps": 1.0, "up": None, "errors": ""}, {"rps": 3.0, "up": 5.0, "errors": "x"},
-                                {"rps": 2.0, "up": 7.0, "errors": "x"}])
-    assert merged == {"rps": 2.0, "up": 6.0, "errors": "x"}
+def test_medians_of_rounds_skip_missing_figures() -> None:
+    merged = scenarios.medians([{"rps": 1.0, "up": None}, {"rps": 3.0, "up": 5.0}, {"rps": 2.0, "up": 7.0}])
+    assert merged == {"rps": 2.0, "up": 6.0, "errors": ""}
+
+
+def test_rounds_with_errors_are_named_and_left_out_while_a_clean_one_exists() -> None:
+    merged = scenarios.medians([{"rps": 10.0, "errors": ""}, {"rps": 1.0, "errors": "Non-2xx: 5"}])
+    assert merged == {"rps": 10.0, "errors": "round 2 of 2: Non-2xx: 5 (left out of the medians)"}
+    merged = scenarios.medians([{"rps": 2.0, "errors": "a"}, {"rps": 4.0, "errors": "b"}])
+    assert merged == {"rps": 3.0, "errors": "round 1 of 2: a; round 2 of 2: b"}
 
 
 def results() -> dict[str, object]:

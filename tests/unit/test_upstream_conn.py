@@ -420,7 +420,7 @@ def make_pool(keepalive: int = 2, keepalive_timeout: float = 10.0) -> Pool:
                 keepalive_timeout=keepalive_timeout)
     fresh: list[UpstreamConnection] = []
 
-    async def fake_connect(loop: asyncio.AbstractEventLoop) -> UpstreamConnection:
+    async def fake_connect() -> UpstreamConnection:
         conn, _ = connect()
         fresh.append(conn)
         pool.opened += 1
