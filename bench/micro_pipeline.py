@@ -97,7 +97,11 @@ def make_gateway(loop: asyncio.AbstractEventLoop) -> Any:
     from gateway.loader import from_document
     from gateway.proxy.upstream import UpstreamConnection
 
-    app = Gateway(from_document(CONFIG))
+    from gateway.server.worker import tune_gc
+
+    config = from_document(CONFIG)
+    app = Gateway(config)
+    tune_gc(config.server.gc_threshold)  # as a worker does
     pool = app.upstreams["api"].pools[0]
 
     async def connect() -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -93,10 +94,21 @@ def uvicorn_config(app: Gateway, config: GatewayConfig) -> uvicorn.Config:
     )
 
 
+def tune_gc(threshold: int) -> None:
+    """Objects made at start-up are frozen (never scanned again) and young-generation collections run
+    every ``threshold`` allocations instead of 700: a request allocates and frees hundreds of objects,
+    and scanning the survivors of each batch is pure overhead (measured: bench.micro_pipeline)."""
+    gc.freeze()
+    if threshold:
+        _, middle, old = gc.get_threshold()
+        gc.set_threshold(threshold, middle, old)
+
+
 def run(fd: int, ready_fd: int, document: dict[str, Any]) -> int:
     config = from_document(document)
     setup_logging(config.server.log_level)
     app = Gateway(config)
+    tune_gc(config.server.gc_threshold)
     sock = socket.socket(fileno=fd)
     server = WorkerServer(uvicorn_config(app, config), ready_fd)
     # uvicorn re-raises the signal that stopped it once it is done; a no-op handler makes that a clean exit
