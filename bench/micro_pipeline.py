@@ -96,7 +96,6 @@ def make_gateway(loop: asyncio.AbstractEventLoop) -> Any:
     from gateway.app import Gateway
     from gateway.loader import from_document
     from gateway.proxy.upstream import UpstreamConnection
-
     from gateway.server.worker import tune_gc
 
     config = from_document(CONFIG)

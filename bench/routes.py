@@ -1,0 +1,60 @@
+"""Route tables for the full-path scenarios: N routes of realistic shapes and the paths wrk requests.
+
+Routes cycle over literal paths, ``{param}`` segments (one, two, nested), method-restricted routes and
+prefixes, one service number per cycle, all to one upstream. ``sample_paths`` picks (up to) 1,000 paths
+that each hit a different route, shuffled with a fixed seed, so every run requests the same mix.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+# (pattern, a path it serves, extra route keys); "#" is the service number.
+KINDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("/api/v1/svc#/items", "/api/v1/svc#/items", {"methods": ["GET", "POST"]}),
+    ("/api/v1/svc#/items/{id}", "/api/v1/svc#/items/42", {"methods": ["GET"]}),
+    ("/api/v1/svc#/items/{id}", "/api/v1/svc#/items/42", {"methods": ["PUT", "DELETE"]}),
+    ("/api/v2/svc#/{org}/repos/{repo}", "/api/v2/svc#/acme/repos/gw", {}),
+    ("/static/app#", "/static/app#/js/main.js", {"prefix": True}),
+    ("/api/v1/svc#/items/{id}/tags/{tag}", "/api/v1/svc#/items/9/tags/x", {}),
+    ("/health/svc#", "/health/svc#", {}),
+    ("/t/svc#/{page}", "/t/svc#/home", {"methods": ["GET"]}),
+]
+MAX_PATHS = 1_000
+
+
+def routes(count: int) -> list[tuple[dict[str, Any], str]]:
+    """``count`` route entries of a config file, each with a GET path it serves."""
+    entries = []
+    for n in range(count):
+        pattern, path, extra = KINDS[n % len(KINDS)]
+        service = str(n // len(KINDS))
+        entry: dict[str, Any] = {"name": f"r{n}", "upstream": "api"}
+        entry["prefix" if extra.get("prefix") else "path"] = pattern.replace("#", service)
+        if "methods" in extra:
+            entry["methods"] = extra["methods"]
+        entries.append((entry, path.replace("#", service)))
+    return entries
+
+
+def sample_paths(entries: list[tuple[dict[str, Any], str]]) -> list[str]:
+    """Up to ``MAX_PATHS`` GET paths of distinct routes, in a fixed shuffled order."""
+    served = [path for entry, path in entries if "GET" in entry.get("methods", ["GET"])]
+    rng = random.Random(len(entries))
+    return rng.sample(served, min(MAX_PATHS, len(served)))
+
+
+def write_config(directory: Path, count: int, upstream_port: int, access_log: bool) -> tuple[Path, list[str]]:
+    """A gateway config with ``count`` routes (JSON, which is YAML too) and the paths to request."""
+    entries = routes(count)
+    document = {
+        "server": {"access_log": access_log},
+        "upstreams": {"api": f"http://127.0.0.1:{upstream_port}"},
+        "routes": [entry for entry, _ in entries],
+    }
+    path = directory / f"routes-{count}.yaml"
+    path.write_text(json.dumps(document, indent=1))
+    return path, sample_paths(entries)
