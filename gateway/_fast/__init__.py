@@ -38,6 +38,11 @@ def load(name: str) -> ModuleType:
     return compiled(name) or importlib.import_module(f"{__name__}.{name}_py")
 
 
+def kind(module: ModuleType) -> str:
+    """"compiled" or "python": which implementation a facade loaded."""
+    return "compiled" if module.__name__.endswith("_c") else "python"
+
+
 def implementations(name: str) -> dict[str, ModuleType]:
     """Every implementation of ``name`` present here, by kind; tests run against each."""
     found = {"python": importlib.import_module(f"{__name__}.{name}_py")}

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from gateway._fast import load
+from gateway._fast import kind, load
 
 _impl = load("headers")
 
@@ -23,7 +23,7 @@ else:
     request_info = _impl.request_info
     response_headers = _impl.response_headers
 
-IMPLEMENTATION = "compiled" if _impl.__name__.endswith("_c") else "python"
+IMPLEMENTATION = kind(_impl)
 
 __all__ = ["HOP_BY_HOP", "IMPLEMENTATION", "connection_tokens", "host_of", "request_head", "request_info",
            "response_headers"]

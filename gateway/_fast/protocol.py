@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from gateway._fast import load
+from gateway._fast import kind, load
 
 _impl = load("protocol")
 
@@ -32,7 +32,7 @@ else:
     new_request_id = _impl.new_request_id
     uvicorn_protocol = _impl.uvicorn_protocol
 
-IMPLEMENTATION = "compiled" if _impl.__name__.endswith("_c") else "python"
+IMPLEMENTATION = kind(_impl)
 
 __all__ = [
     "IMPLEMENTATION", "ASGIApp", "ClientDisconnected", "HttpProtocol", "Limits", "Message", "Receive",

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from gateway._fast import load
+from gateway._fast import kind, load
 
 _impl = load("router")
 
@@ -12,6 +12,6 @@ else:
     Router = _impl.Router
     ALL_METHODS = _impl.ALL_METHODS
 
-IMPLEMENTATION = "compiled" if _impl.__name__.endswith("_c") else "python"
+IMPLEMENTATION = kind(_impl)
 
 __all__ = ["ALL_METHODS", "IMPLEMENTATION", "Router"]

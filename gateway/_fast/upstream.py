@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from gateway._fast import load
+from gateway._fast import kind, load
 
 _impl = load("upstream")
 
@@ -12,6 +12,6 @@ else:
     HIGH_WATER = _impl.HIGH_WATER
     UpstreamConnection = _impl.UpstreamConnection
 
-IMPLEMENTATION = "compiled" if _impl.__name__.endswith("_c") else "python"
+IMPLEMENTATION = kind(_impl)
 
 __all__ = ["HIGH_WATER", "IMPLEMENTATION", "UpstreamConnection"]
