@@ -29,20 +29,22 @@ class AccessLog:
 
     def write(self, ex: Exchange, now: float) -> None:
         scope = ex.scope
-        client = scope.get("client")
+        client = scope["client"]
+        route = ex.route
+        target = ex.target
         record = {
             "time": time.time(),
             "request_id": ex.request_id,
             "worker": self.worker,
             "client": client[0] if client else None,
-            "method": scope.get("method"),
-            "path": scope.get("path"),
-            "route": ex.route.name if ex.route is not None else None,
-            "upstream": str(ex.target) if ex.target is not None else None,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route.name if route is not None else None,
+            "upstream": target.url if target is not None else None,
             "status": ex.status,
             "bytes_in": ex.bytes_received,
             "bytes_out": ex.bytes_sent,
-            "duration_ms": round((now - ex.started_at) * 1000, 3),
+            "duration_ms": int((now - ex.started_at) * 1_000_000) / 1000,  # round(x, 3) costs 5x more
         }
         self.lines.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
         if not self.scheduled:

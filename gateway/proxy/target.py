@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from gateway.config import Node
@@ -15,6 +15,10 @@ class Target:
     host: str
     port: int
     base_path: str = ""
+    url: str = field(init=False, compare=False)  # str(target), made once: logs name it per request
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", f"http://{self.authority}{self.base_path}")
 
     @property
     def authority(self) -> str:
@@ -22,7 +26,7 @@ class Target:
         return host if self.port == 80 else f"{host}:{self.port}"
 
     def __str__(self) -> str:
-        return f"http://{self.authority}{self.base_path}"
+        return self.url
 
 
 def parse_target(node: Node) -> Target:
