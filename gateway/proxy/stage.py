@@ -18,7 +18,7 @@ import logging
 
 from gateway._fast.headers import request_head, response_headers
 from gateway._fast.protocol import ClientDisconnected
-from gateway.exchange import Exchange, Headers, Stage
+from gateway.exchange import Exchange, Stage
 from gateway.proxy.pool import Pool
 from gateway.proxy.upstream import UpstreamConnection, UpstreamError
 from gateway.routing.paths import Rewriter
@@ -141,11 +141,6 @@ class ProxyStage(Stage):
         return request_head(method.encode("ascii"), target, scope["headers"],
                             client[0].encode("ascii") if client else b"unknown", scope["scheme"].encode("ascii"),
                             ex.request_id.encode("latin-1"), pool.host_header, self.preserve_host)
-
-    @staticmethod
-    def response_headers(headers: Headers) -> Headers:
-        """The upstream's response headers without hop-by-hop ones (framing is the protocol's job)."""
-        return response_headers(headers)
 
 
 def _frame(body: bytes, chunked: bool) -> bytes:

@@ -1,4 +1,4 @@
-"""The proxy's header rules (gateway.proxy.stage): ``ProxyStage.request_head`` and ``response_headers``.
+"""The proxy's header rules: ``ProxyStage.request_head`` and ``gateway._fast.headers.response_headers``.
 
 Hop-by-hop headers and those the Connection header names are dropped both ways (RFC 9110 7.6.1); the proxy
 sets Host, X-Forwarded-For/Proto/Host and X-Request-ID itself, and frames the body by length or chunks.
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gateway._fast.headers import response_headers
 from gateway.exchange import Exchange, Headers
 from gateway.proxy.pool import Pool
 from gateway.proxy.stage import ProxyStage
@@ -199,7 +200,7 @@ def test_tokens_of_every_request_connection_line_are_dropped() -> None:
 
 
 def test_response_hop_by_hop_headers_and_request_id_are_dropped() -> None:
-    out = ProxyStage.response_headers([
+    out = response_headers([
         (b"content-type", b"text/plain"), (b"connection", b"keep-alive"), (b"keep-alive", b"timeout=5"),
         (b"transfer-encoding", b"chunked"), (b"set-cookie", b"a=1"), (b"upgrade", b"h2c"),
         (b"proxy-authenticate", b"Basic"), (b"trailer", b"x-sum"), (b"x-request-id", b"upstream-id"),
@@ -212,7 +213,7 @@ def test_response_hop_by_hop_headers_and_request_id_are_dropped() -> None:
 
 
 def test_response_headers_named_by_connection_are_dropped() -> None:
-    out = ProxyStage.response_headers([
+    out = response_headers([
         (b"x-internal", b"1"), (b"connection", b"close, X-Internal"), (b"x-public", b"2"),
     ])
     assert out == [(b"x-public", b"2")]
@@ -220,13 +221,13 @@ def test_response_headers_named_by_connection_are_dropped() -> None:
 
 def test_response_headers_leave_the_input_alone() -> None:
     headers = [(b"connection", b"close"), (b"a", b"1")]
-    out = ProxyStage.response_headers(headers)
+    out = response_headers(headers)
     assert out == [(b"a", b"1")]
     assert headers == [(b"connection", b"close"), (b"a", b"1")]
 
 
 def test_tokens_of_every_response_connection_line_are_dropped() -> None:
-    out = ProxyStage.response_headers([
+    out = response_headers([
         (b"x-internal", b"1"), (b"connection", b"x-internal"), (b"connection", b"keep-alive"),
     ])
     assert out == []
