@@ -5,7 +5,7 @@ The path of a request (DESIGN.md), as this module runs it:
     protocol (gateway._fast.protocol: strict parse, size limits, timeouts)
     -> request id + access log          (host-wide, here)
     -> route                            (host-wide, here: the trie picks the route)
-    -> the route's own stages           (ROUTE_STAGES, built once per route at config load)
+    -> the route's own stages           (route_stages(), built once per route at config load)
        -> proxy                         (the last stage: balancer, pooled connection, streaming)
 
 Stages a route does not use are not in its chain, so they cost nothing on that route.
@@ -19,12 +19,13 @@ import time
 
 from gateway._fast.headers import request_info
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
+from gateway.config import Node
 from gateway.errors import BadRequest, GatewayError, error_body
 from gateway.exchange import Exchange, Stage, chain
 from gateway.loader import GatewayConfig
 from gateway.observability.access_log import AccessLog
 from gateway.proxy.stage import ProxyStage
-from gateway.proxy.target import Target
+from gateway.proxy.target import parse_target
 from gateway.routing.config import RouteSpec
 from gateway.routing.paths import make_rewriter, normalize_path
 from gateway.routing.table import RouteTable
@@ -72,10 +73,7 @@ class Gateway:
     def _upstream_for(self, spec: RouteSpec) -> Upstream:
         if spec.upstream in self.upstreams:
             return self.upstreams[spec.upstream]
-        from gateway.config import Node
-        from gateway.proxy.target import parse_target
-
-        target: Target = parse_target(Node(spec.upstream, self.config.source))
+        target = parse_target(Node(spec.upstream, self.config.source))  # an inline URL, checked at load
         upstream = Upstream(UpstreamSpec(spec.upstream, (target,)))
         self.upstreams[spec.upstream] = upstream
         return upstream

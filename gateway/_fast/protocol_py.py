@@ -644,6 +644,9 @@ class HttpProtocol:
         except GatewayError as exc:  # a failure the app chose to end this way (already logged)
             self.abort(cycle, exc)
             return
+        except ClientDisconnected:  # the client left while the response was being sent: nothing to log
+            self.abort(cycle, None)
+            return
         except BaseException:
             logger.exception("request failed inside the gateway")
             self.abort(cycle, GatewayError())

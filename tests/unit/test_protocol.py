@@ -1116,3 +1116,22 @@ async def test_mutated_requests_never_escape_the_protocol(impl: ModuleType, seed
                 assert orjson.loads(response.body)["status"] == response.status
         conn.protocol.connection_lost(None)
         await conn.settle()
+
+
+@async_test
+async def test_send_after_the_client_left_ends_quietly(impl: ModuleType, caplog: pytest.LogCaptureFixture) -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    conn = Conn(impl, app)
+    conn.feed(GET)
+    await conn.settle()
+    cycle = conn.protocol.active
+    cycle.disconnected = True  # the client is gone but the task was not cancelled yet (a race)
+    gate.set()
+    await conn.settle()
+    assert conn.transport.closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
