@@ -1,10 +1,8 @@
 """The last stage of every route: stream the request to an upstream target and the response back.
 
-Header rules (RFC 9110 section 7.6.1): hop-by-hop headers, and any header the Connection header names, are
-removed in both directions; ``Host`` becomes the target's authority unless the route preserves it;
-``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` are
-set; ``X-Request-ID`` carries the exchange's id. Bodies stream both ways with backpressure: the request
-body is pumped while the response is awaited, so an upstream that answers early is never stuck behind it.
+Header rules are in ``gateway._fast.headers`` (compiled). Bodies stream both ways with backpressure: the
+request body is pumped while the response is awaited, so an upstream that answers early is never stuck
+behind it.
 
 Failures before the response starts become 502 (refused, reset, malformed) or 504 (timeout). A reused
 keep-alive connection that fails before any response byte is retried once on a fresh connection when the
@@ -14,7 +12,6 @@ request is idempotent and has no body, since the upstream may simply have closed
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from gateway._fast.headers import request_head, response_headers
 from gateway._fast.protocol import ClientDisconnected
@@ -23,8 +20,6 @@ from gateway.proxy.pool import Pool
 from gateway.proxy.upstream import UpstreamConnection, UpstreamError
 from gateway.routing.paths import Rewriter
 from gateway.upstreams.upstream import Upstream
-
-logger = logging.getLogger("gateway.proxy")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
@@ -49,7 +44,7 @@ class ProxyStage(Stage):
         # Retried once on a fresh connection when a reused one turns out dead before answering.
         retry_safe = not body_framing and method in IDEMPOTENT
         while True:
-            conn = pool.take_idle() or await pool.connect()
+            conn = pool.take_idle() or await pool.connect()  # Pool.acquire, without its coroutine frame
             reused = conn.requests > 0
             conn.begin(method == "HEAD")
             pump: asyncio.Task[None] | None = None
