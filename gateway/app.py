@@ -16,67 +16,86 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway._fast.headers import request_info
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
-from gateway.config import Node
 from gateway.errors import BadRequest, GatewayError, error_body
 from gateway.exchange import Exchange, Stage, chain
 from gateway.loader import GatewayConfig
 from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import Schema, WorkerMetrics
+from gateway.observability.tracing import RequestSpan, Tracer, start_tracer
 from gateway.proxy.stage import ProxyStage
-from gateway.proxy.target import parse_target
 from gateway.routing.config import RouteSpec
 from gateway.routing.paths import make_rewriter, normalize_path
 from gateway.routing.table import RouteTable
-from gateway.upstreams.config import UpstreamSpec
 from gateway.upstreams.upstream import Upstream
+
+if TYPE_CHECKING:
+    from gateway.auth.runtime import Auth
 
 logger = logging.getLogger("gateway")
 
 MAX_REQUEST_ID = 200
+GAUGE_INTERVAL = 1.0
 SWEEP_INTERVAL = 5.0  # at most; shorter when an upstream's keep-alive timeout is shorter
 
 
 class Route:
     """A route at run time: its spec and the first stage of its chain."""
 
-    __slots__ = ("first", "name", "spec")
+    __slots__ = ("first", "metric", "name", "spec")
 
-    def __init__(self, spec: RouteSpec, first: Stage) -> None:
+    def __init__(self, spec: RouteSpec, first: Stage, metric: int) -> None:
         self.spec = spec
         self.name = spec.name
         self.first = first
+        self.metric = metric  # the route's number in the metrics schema
 
 
-def route_stages(spec: RouteSpec, upstream: Upstream) -> list[Stage]:
+def route_stages(spec: RouteSpec, upstream: Upstream, metrics: WorkerMetrics,
+                 auth: Auth | None = None) -> list[Stage]:
     """A route's own stages, in request order. Later features insert theirs before the proxy:
     CORS -> auth -> rate limit -> validation/transform -> cache -> proxy."""
     rewrite = make_rewriter(spec, upstream.base_path)
-    return [ProxyStage(upstream, rewrite, spec.preserve_host)]
+    auth_stages: list[Stage] = [auth.stage(spec.auth)] if spec.auth is not None and auth is not None else []
+    return [*auth_stages, ProxyStage(upstream, rewrite, spec.preserve_host, metrics.recorder)]
 
 
 class Gateway:
     """The raw ASGI app every worker runs."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, metrics: WorkerMetrics | None = None) -> None:
         self.config = config
-        self.upstreams = {name: Upstream(spec) for name, spec in config.upstreams.items()}
-        routes = []
-        for spec in config.routes:
-            upstream = self._upstream_for(spec)
-            routes.append((spec, Route(spec, chain(route_stages(spec, upstream)))))
-        self.table: RouteTable[Route] = RouteTable(routes, config.source)
-        self.access_log = AccessLog() if config.server.access_log else None
-        self.sweeper: asyncio.Task[None] | None = None
+        # Without a supervisor's shared region (tests, benchmarks) the worker counts in private memory.
+        self.metrics = metrics if metrics is not None else WorkerMetrics(Schema.for_config(config))
+        self.recorder = self.metrics.recorder
+        self.upstreams: dict[str, Upstream] = {}
+        target_number = 0
+        for name, upstream_spec in config.all_upstreams().items():  # the schema's order of targets
+            upstream = self.upstreams[name] = Upstream(upstream_spec)
+            for pool in upstream.pools:
+                pool.metric = target_number
+                target_number += 1
+        self.auth: Auth | None = None
+        if config.auth is not None:  # the auth modules (pyjwt, cryptography) load only when configured
+            from gateway.auth import runtime
 
-    def _upstream_for(self, spec: RouteSpec) -> Upstream:
-        if spec.upstream in self.upstreams:
-            return self.upstreams[spec.upstream]
-        target = parse_target(Node(spec.upstream, self.config.source))  # an inline URL, checked at load
-        upstream = Upstream(UpstreamSpec(spec.upstream, (target,)))
-        self.upstreams[spec.upstream] = upstream
-        return upstream
+            self.auth = runtime.Auth(config.auth)
+        routes = []
+        for number, spec in enumerate(config.routes):
+            first = chain(route_stages(spec, self.upstreams[spec.upstream], self.metrics, self.auth))
+            routes.append((spec, Route(spec, first, number)))
+        self.unmatched = len(config.routes)  # the metrics' "(unmatched)" route
+        self.table: RouteTable[Route] = RouteTable(routes, config.source)
+        server = config.server
+        self.access_log = AccessLog(server.access_log_file, server.access_log_sample) if server.access_log else None
+        self.tracer: Tracer | None = start_tracer(config.tracing) if config.tracing is not None else None
+        self.sweeper: asyncio.Task[None] | None = None
+        self.sampler: asyncio.Task[None] | None = None
+        self.count_connections: Callable[[], int] | None = None  # set by the worker (uvicorn's state)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -86,8 +105,13 @@ class Gateway:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(scope, receive, send, time.perf_counter())
+        recorder = self.recorder
+        recorder.begin()
+        span: RequestSpan | None = None
         try:
             self.identify(ex)
+            if self.tracer is not None:
+                span = self.tracer.begin(ex)  # continues the caller's trace; sets the upstream's traceparent
             route = self.route(ex)
             await route.first(ex)
         except GatewayError as exc:
@@ -95,9 +119,18 @@ class Gateway:
         except asyncio.CancelledError:
             ex.status = ex.status or 499  # the client went away
             raise
+        except BaseException:
+            ex.status = ex.status or 500  # the protocol answers 500 for an unexpected failure
+            raise
         finally:
+            now = time.perf_counter()
+            route = ex.route
+            recorder.request(self.unmatched if route is None else route.metric, scope["method"], ex.status,
+                             now - ex.started_at, ex.upstream_time, ex.bytes_received, ex.bytes_sent)
             if self.access_log is not None:
-                self.access_log.write(ex, time.perf_counter())
+                self.access_log.write(ex, now)
+            if span is not None:
+                span.end(ex)
 
     def identify(self, ex: Exchange) -> None:
         """Stage: request id (passed through when sane, else generated) and the request's host."""
@@ -135,7 +168,11 @@ class Gateway:
         while True:
             message: Message = await receive()
             if message["type"] == "lifespan.startup":
-                self.sweeper = asyncio.get_running_loop().create_task(self.sweep_pools())
+                loop = asyncio.get_running_loop()
+                self.sweeper = loop.create_task(self.sweep_pools())
+                self.sampler = loop.create_task(self.sample_gauges())
+                if self.auth is not None:
+                    self.auth.start()  # signing keys fetched and kept fresh in the background
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.close()
@@ -153,8 +190,34 @@ class Gateway:
             for upstream in self.upstreams.values():
                 upstream.sweep(now)
 
+    async def sample_gauges(self) -> None:
+        """Once a second, writes what is not counted per request: open connections, pool gauges."""
+        while True:
+            self.sample()
+            await asyncio.sleep(GAUGE_INTERVAL)
+
+    def sample(self) -> None:
+        metrics, recorder = self.metrics, self.recorder
+        if self.count_connections is not None:
+            recorder.set(metrics.connections_cell, self.count_connections())
+        if self.access_log is not None:
+            recorder.set(metrics.dropped_cell, getattr(self.access_log, "dropped", 0))
+        for upstream in self.upstreams.values():
+            for pool in upstream.pools:
+                recorder.set(metrics.idle_cell + pool.metric, len(pool.idle))
+                recorder.set(metrics.opened_cell + pool.metric, pool.opened)
+                recorder.set(metrics.reused_cell + pool.metric, pool.reused)
+
     def close(self) -> None:
-        if self.sweeper is not None:
-            self.sweeper.cancel()
+        if self.auth is not None:
+            self.auth.close()
+        if self.access_log is not None:
+            self.access_log.close()  # writes the last lines (bounded wait)
+        self.sample()  # the last counts of a draining worker
+        for task in (self.sweeper, self.sampler):
+            if task is not None:
+                task.cancel()
         for upstream in self.upstreams.values():
             upstream.close()
+        if self.tracer is not None:
+            self.tracer.close()  # exports the last spans

@@ -31,6 +31,18 @@ class BadRequest(GatewayError):
     default_message = "the request is malformed"
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+    default_message = "the request needs valid credentials"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+    default_message = "the credentials do not allow this request"
+
+
 class RouteNotFound(GatewayError):
     status = 404
     code = "route_not_found"

@@ -23,7 +23,8 @@ class Exchange:
 
     __slots__ = (
         "bytes_received", "bytes_sent", "consumed", "host", "params", "path", "receive", "request_id",
-        "response_hooks", "response_started", "route", "scope", "send", "started_at", "status", "target",
+        "response_hooks", "response_started", "route", "scope", "send", "started_at", "status", "subject",
+        "target", "upstream_time",
     )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, started_at: float) -> None:
@@ -41,6 +42,8 @@ class Exchange:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.target: Any = None
+        self.upstream_time = 0.0  # seconds spent on the upstream exchange (metrics: added latency)
+        self.subject: str | None = None  # who the request authenticated as (set by the auth stages)
         self.response_started = False
         self.response_hooks: list[ResponseHook] | None = None
 

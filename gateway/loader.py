@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway.auth.policy import check_route_issuers
 from gateway.config import ConfigError, Node, load_file
+from gateway.observability.tracing import TracingSpec, parse_tracing
 from gateway.proxy.target import parse_target
 from gateway.routing.config import RouteSpec, parse_routes
 from gateway.routing.table import RouteTable
 from gateway.settings import ServerSettings, resolve
 from gateway.upstreams.config import UpstreamSpec, parse_upstreams
 
-TOP_KEYS = frozenset({"server", "upstreams", "routes"})
+if TYPE_CHECKING:
+    from gateway.auth.config import AuthSpec
+
+TOP_KEYS = frozenset({"server", "upstreams", "routes", "tracing", "auth"})
 QUICK_SOURCE = "--upstream"
 
 
@@ -32,6 +37,17 @@ class GatewayConfig:
     routes: tuple[RouteSpec, ...]
     source: str
     document: dict[str, Any] = field(repr=False, compare=False)
+    tracing: TracingSpec | None = None  # None: tracing off
+    auth: AuthSpec | None = None  # None: no issuers, no route checks tokens
+
+    def all_upstreams(self) -> dict[str, UpstreamSpec]:
+        """The named upstreams, then one per distinct inline URL in the routes (named by the URL)."""
+        found = dict(self.upstreams)
+        for route in self.routes:
+            if route.upstream not in found:  # an inline URL, checked at load
+                target = parse_target(Node(route.upstream, self.source))
+                found[route.upstream] = UpstreamSpec(route.upstream, (target,))
+        return found
 
     def summary(self) -> str:
         """What ``gateway check`` prints: routes and upstreams, one per line."""
@@ -45,6 +61,10 @@ class GatewayConfig:
             hosts = ",".join(route.hosts) if route.hosts else "*"
             lines.append(f"  {route.name}: {kind} {route.pattern} methods={methods} hosts={hosts} "
                          f"-> {route.upstream}")
+        if self.tracing is not None:
+            lines.append(f"tracing: {self.tracing.describe()}")
+        if self.auth is not None:
+            lines += ["auth issuers:", *(f"  {spec.describe()}" for spec in self.auth.issuers.values())]
         return "\n".join(lines)
 
 
@@ -67,6 +87,8 @@ def load(environ: Mapping[str, str], flags: Mapping[str, Any]) -> GatewayConfig:
         "server": _settings_document(server),
         "upstreams": root.child("upstreams").value,
         "routes": root.child("routes").value,
+        "tracing": root.child("tracing").value,
+        "auth": root.child("auth").value,
     }
     return from_document(document)
 
@@ -97,7 +119,19 @@ def from_document(document: Mapping[str, Any]) -> GatewayConfig:
     for index, route in enumerate(routes):
         _check_upstream_reference(route, index, upstreams, routes_node)
     RouteTable([(route, index) for index, route in enumerate(routes)], source)  # patterns and conflicts
-    return GatewayConfig(server, upstreams, tuple(routes), source, dict(document))
+    tracing = parse_tracing(Node(document.get("tracing"), source, "tracing"))
+    auth = _parse_auth(Node(document.get("auth"), source, "auth"))
+    check_route_issuers([(i, r.auth) for i, r in enumerate(routes) if r.auth is not None], auth, routes_node)
+    return GatewayConfig(server, upstreams, tuple(routes), source, dict(document), tracing, auth)
+
+
+def _parse_auth(node: Node) -> AuthSpec | None:
+    """The ``auth:`` section; its modules (pyjwt, cryptography) load only when a config has one."""
+    if node.missing:
+        return None
+    from gateway.auth.config import parse_auth
+
+    return parse_auth(node)
 
 
 def _check_upstream_reference(

@@ -72,6 +72,32 @@ def _upstream_url(node: Node) -> str | None:
     return str(value)
 
 
+def _log_file(node: Node) -> str | None:
+    """An absolute path (workers and reloads agree on it) the access log can be appended to."""
+    value = node.string(None)
+    if value is None:
+        return None
+    from gateway.observability.access_log import check_log_file
+
+    path = os.path.abspath(str(value))
+    problem = check_log_file(path)
+    if problem is not None:
+        raise ConfigError(node.source, node.path, problem)
+    return path
+
+
+def _fraction(node: Node) -> float:
+    """A number from 0 to 1; from the environment or a flag it arrives as text."""
+    value = node.value
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else -1.0
+    except ValueError:
+        number = -1.0
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        node.fail("a number from 0 to 1")
+    return number
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", _host, "0.0.0.0", "Address the public listener binds."),
     Setting("port", _port, 8080, "Public port; every worker serves its own SO_REUSEPORT socket on it."),
@@ -80,7 +106,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_host", _host, "127.0.0.1", "Address of the admin listener (health, readiness)."),
     Setting("admin_port", _port, 9901, "Admin port: `GET /healthz`, `GET /readyz`."),
     Setting("access_log", lambda n: n.boolean(), True,
-            "One JSON line per request on stdout.", flag_type="bool"),
+            "One JSON line per request (see Access log), on stdout or to `access_log_file`.", flag_type="bool"),
+    Setting("access_log_file", _log_file, None,
+            "Append the access log to this file instead of stdout; `SIGUSR1` to the supervisor reopens it "
+            "(log rotation).", default_doc="none (stdout)"),
+    Setting("access_log_sample", _fraction, 1.0,
+            "Fraction (0 to 1) of successful requests logged; failed (status 400 and up) and slow (1s or "
+            "more) requests are always logged.", default_doc="1"),
     Setting("log_level", lambda n: n.choice(LOG_LEVELS), "info", "One of " + ", ".join(LOG_LEVELS) + "."),
     Setting("drain_timeout", lambda n: n.duration(), 30.0,
             "On SIGTERM/SIGINT or reload, how long in-flight requests may take to finish.",
@@ -121,6 +153,8 @@ class ServerSettings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
     access_log: bool = True
+    access_log_file: str | None = None
+    access_log_sample: float = 1.0
     log_level: str = "info"
     drain_timeout: float = 30.0
     keepalive_timeout: float = 60.0

@@ -29,6 +29,7 @@ class Pool:
         self.idle: deque[UpstreamConnection] = deque()
         self.opened = 0  # connections opened over the pool's life (metrics, tests)
         self.reused = 0  # exchanges served on an already-used connection
+        self.metric = 0  # the target's number in the metrics schema (set by the app)
 
     async def acquire(self) -> UpstreamConnection:
         """An idle connection that is still open and fresh, else a new one."""

@@ -12,8 +12,10 @@ request is idempotent and has no body, since the upstream may simply have closed
 from __future__ import annotations
 
 import asyncio
+from time import perf_counter
 
 from gateway._fast.headers import request_head, response_headers
+from gateway._fast.metrics import Recorder
 from gateway._fast.protocol import ClientDisconnected
 from gateway.exchange import Exchange, Stage
 from gateway.proxy.pool import Pool
@@ -27,12 +29,14 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 class ProxyStage(Stage):
     """Proxies the exchange to ``upstream``; ``rewrite`` maps the routed path to the upstream path."""
 
-    def __init__(self, upstream: Upstream, rewrite: Rewriter | None, preserve_host: bool) -> None:
+    def __init__(self, upstream: Upstream, rewrite: Rewriter | None, preserve_host: bool,
+                 recorder: Recorder) -> None:
         self.upstream = upstream
         self.rewrite = rewrite
         self.preserve_host = preserve_host
+        self.recorder = recorder
 
-    async def __call__(self, ex: Exchange) -> None:
+    async def __call__(self, ex: Exchange) -> None:  # noqa: PLR0915 - one coroutine frame per request, on purpose
         scope = ex.scope
         method: str = scope["method"]
         path = ex.path if self.rewrite is None else self.rewrite(ex.path, ex.params, ex.consumed)
@@ -43,8 +47,13 @@ class ProxyStage(Stage):
         head, body_framing = self.request_head(ex, method, target, pool)
         # Retried once on a fresh connection when a reused one turns out dead before answering.
         retry_safe = not body_framing and method in IDEMPOTENT
+        started = perf_counter()
         while True:
-            conn = pool.take_idle() or await pool.connect()  # Pool.acquire, without its coroutine frame
+            try:
+                conn = pool.take_idle() or await pool.connect()  # Pool.acquire, without its coroutine frame
+            except UpstreamError:
+                self.measure(ex, pool, 0, started)
+                raise
             reused = conn.requests > 0
             conn.begin(method == "HEAD")
             pump: asyncio.Task[None] | None = None
@@ -60,6 +69,7 @@ class ProxyStage(Stage):
                 if retry_safe and reused and not conn.received_any:
                     retry_safe = False
                     continue
+                self.measure(ex, pool, 0, started)
                 raise
             except BaseException:
                 self.finish(pool, conn, pump)
@@ -76,6 +86,12 @@ class ProxyStage(Stage):
             await ex.send_body(data, False)
         finally:
             self.finish(pool, conn, pump)
+            self.measure(ex, pool, conn.status, started)
+
+    def measure(self, ex: Exchange, pool: Pool, status: int, started: float) -> None:
+        """Records the upstream exchange (``status`` 0: no response) and its time on the exchange."""
+        elapsed = ex.upstream_time = perf_counter() - started
+        self.recorder.upstream(pool.metric, status, elapsed)
 
     @staticmethod
     def finish(pool: Pool, conn: UpstreamConnection, pump: asyncio.Task[None] | None) -> None:

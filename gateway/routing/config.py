@@ -6,10 +6,11 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
+from gateway.auth.policy import RoutePolicy, parse_route_auth
 from gateway.config import ConfigError, Node
 
 ROUTE_KEYS = frozenset(
-    {"name", "path", "prefix", "methods", "hosts", "upstream", "strip_prefix", "rewrite", "preserve_host"}
+    {"name", "path", "prefix", "methods", "hosts", "upstream", "strip_prefix", "rewrite", "preserve_host", "auth"}
 )
 METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*\Z")
 HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z")
@@ -30,6 +31,7 @@ class RouteSpec:
     strip_prefix: bool = False
     rewrite: str | None = None
     preserve_host: bool = False
+    auth: RoutePolicy | None = None  # None: no auth stage on this route
 
 
 def parse_route(node: Node) -> RouteSpec:
@@ -63,6 +65,7 @@ def parse_route(node: Node) -> RouteSpec:
         strip_prefix=strip,
         rewrite=rewrite,
         preserve_host=node.child("preserve_host").boolean(False),
+        auth=parse_route_auth(node.child("auth")),
     )
 
 

@@ -32,10 +32,12 @@ from typing import Any
 import orjson
 from uvicorn.server import ServerState
 
+from gateway import __version__
 from gateway._fast.protocol import HttpProtocol, Limits
 from gateway.admin.app import AdminApp
 from gateway.config import ConfigError
 from gateway.loader import GatewayConfig, load
+from gateway.observability.metrics import HostMetrics, Schema
 from gateway.settings import ServerSettings
 
 logger = logging.getLogger("gateway.supervisor")
@@ -152,6 +154,9 @@ class Supervisor:
         self.stop_requested: asyncio.Event | None = None
         self.force = False
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.schema = Schema.for_config(config)  # the metrics layout of the current generation
+        self.metrics = HostMetrics(__version__)
+        self.metrics.facts = self.metric_facts
 
     # -- start-up -----------------------------------------------------------------------------------
 
@@ -182,6 +187,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         await self.start_admin()
         server = self.config.server
         logger.info("gateway serving http://%s:%d with %d workers (%s); admin on http://%s:%d",
@@ -219,13 +225,20 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         ready_r, ready_w = os.pipe()
         fd = slot.sock.fileno()
+        schema = self.schema
+        region = self.metrics.region_for(schema)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.server.worker", "--fd", str(fd), "--ready-fd", str(ready_w),
-                "--slot", str(slot.index), stdin=asyncio.subprocess.PIPE, pass_fds=(fd, ready_w),
+                "--slot", str(slot.index), "--metrics-fd", str(region.fd), stdin=asyncio.subprocess.PIPE,
+                pass_fds=(fd, ready_w, region.fd),
             )
+        except BaseException:
+            region.close()
+            raise
         finally:
             os.close(ready_w)
+        self.metrics.attach(process.pid, schema, region)
         worker = Worker(slot.index, generation, process, loop.time())
         worker.exited = loop.create_future()
         worker.became_ready = loop.create_future()
@@ -266,6 +279,7 @@ class Supervisor:
 
     async def watch(self, worker: Worker) -> None:
         code = await worker.process.wait()
+        self.metrics.detach(worker.pid)  # its counts stay in the host's totals
         if worker.became_ready is not None and not worker.became_ready.done():
             worker.became_ready.set_result(False)
         if worker.exited is not None and not worker.exited.done():
@@ -283,6 +297,7 @@ class Supervisor:
     def schedule_restart(self, slot: Slot, dead: Worker) -> None:
         loop = asyncio.get_running_loop()
         delay = slot.restart_delay(lived=loop.time() - dead.started_at)
+        self.metrics.worker_restarts += 1
         logger.info("restarting worker slot %d in %.1fs", slot.index, delay)
         slot.restart = loop.call_later(delay, lambda: self.track(self.restart(slot, dead)))
 
@@ -306,6 +321,14 @@ class Supervisor:
         logger.info("%s: draining (up to %gs)", signal.Signals(sig).name, self.config.server.drain_timeout)
         self.stop_requested.set()
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (log rotation): every serving worker reopens its access log file. A worker still
+        starting is skipped (the signal would kill it before its handler exists); it opens the file
+        at its first request, after the rotation."""
+        for worker in self.all_workers():
+            if worker.ready:
+                kill(worker, signal.SIGUSR1)
+
     def request_reload(self) -> None:
         if self.reloading or self.state != "serving":
             logger.warning("SIGHUP ignored: %s", "a reload is under way" if self.reloading else self.state)
@@ -324,15 +347,17 @@ class Supervisor:
             config = load(self.environ, self.flags)
         except ConfigError as exc:
             logger.error("reload refused, still serving the previous configuration: %s", exc)
+            self.metrics.reloads["failure"] += 1
             return
         config = self.keep_listener_settings(config)
-        previous = self.config
-        self.config = config
+        previous, previous_schema = self.config, self.schema
+        self.config, self.schema = config, Schema.for_config(config)
         self.generation += 1
         fresh = [await self.spawn(slot, self.generation) for slot in self.slots]
         if not await self.wait_ready(fresh) or self.state != "serving":
             logger.error("reload failed: new workers did not start; still serving the previous configuration")
-            self.config = previous
+            self.config, self.schema = previous, previous_schema
+            self.metrics.reloads["failure"] += 1
             for worker in fresh:
                 worker.stopping = True
                 kill(worker, signal.SIGKILL)
@@ -344,6 +369,7 @@ class Supervisor:
                 slot.restart = None
             if old is not None and old.process.returncode is None:
                 self.retire(old)
+        self.metrics.reloads["success"] += 1
         logger.info("reloaded %s: %d routes, %d upstreams (generation %d)", config.source,
                     len(config.routes), len(config.upstreams), self.generation)
 
@@ -404,9 +430,15 @@ class Supervisor:
             slot.sock.close()
         for task in list(self.tasks):
             task.cancel()
+        self.metrics.close()
         logger.info("stopped")
 
     # -- what the admin listener reports -------------------------------------------------------------
+
+    def metric_facts(self) -> dict[str, Any]:
+        ready = sum(1 for slot in self.slots if slot.worker is not None and slot.worker.ready
+                    and slot.worker.process.returncode is None)
+        return {"workers": len(self.slots), "ready": ready, "generation": self.generation}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         workers = [

@@ -27,6 +27,7 @@ import uvicorn
 from gateway._fast.protocol import Limits, uvicorn_protocol
 from gateway.app import Gateway
 from gateway.loader import GatewayConfig, from_document
+from gateway.observability.metrics import Schema, WorkerMetrics
 from gateway.server.logs import setup_logging
 
 logger = logging.getLogger("gateway.worker")
@@ -104,17 +105,19 @@ def tune_gc(threshold: int) -> None:
         gc.set_threshold(threshold, middle, old)
 
 
-def run(fd: int, ready_fd: int, document: dict[str, Any]) -> int:
+def run(fd: int, ready_fd: int, document: dict[str, Any], metrics_fd: int | None = None) -> int:
     config = from_document(document)
     setup_logging(config.server.log_level)
-    app = Gateway(config)
+    app = Gateway(config, WorkerMetrics(Schema.for_config(config), metrics_fd))
     tune_gc(config.server.gc_threshold)
     sock = socket.socket(fileno=fd)
     server = WorkerServer(uvicorn_config(app, config), ready_fd)
+    app.count_connections = lambda: len(server.server_state.connections)
     # uvicorn re-raises the signal that stopped it once it is done; a no-op handler makes that a clean exit
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the supervisor's business
+    signal.signal(signal.SIGUSR1, lambda *_: app.access_log.reopen() if app.access_log else None)  # rotation
     server.run(sockets=[sock])
     return 0
 
@@ -125,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--ready-fd", type=int, default=-1)
     parser.add_argument("--slot", type=int, default=0)
+    parser.add_argument("--metrics-fd", type=int, default=None)
     args = parser.parse_args(argv)
     os.environ["GATEWAY_WORKER_SLOT"] = str(args.slot)
     document = orjson.loads(sys.stdin.buffer.read())
-    return run(args.fd, args.ready_fd, document)
+    return run(args.fd, args.ready_fd, document, args.metrics_fd)
 
 
 if __name__ == "__main__":

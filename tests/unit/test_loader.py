@@ -352,7 +352,7 @@ ROUTE_ERRORS = [
     (
         "- {path: /a, upstream: api, paht: /b}",
         "routes[0].paht",
-        "unknown key; expected one of: hosts, methods",
+        "unknown key; expected one of: auth, hosts, methods",
     ),
     ("- {path: /a, upstream: 'http://h:1?x=1'}", "routes[0].upstream", "expected an upstream URL like"),
     (
@@ -514,7 +514,7 @@ def test_upstreams_must_be_a_mapping(tmp_path: Path) -> None:
         (UPSTREAMS, "routes", "expected at least one route"),
         (UPSTREAMS + "routes: []\n", "routes", "expected at least one route"),
         (UPSTREAMS + "routes: {path: /}\n", "routes", "expected a list, got a mapping"),
-        ("rotes: []\n", "rotes", "unknown key; expected one of: routes, server, upstreams"),
+        ("rotes: []\n", "rotes", "unknown key; expected one of: auth, routes, server, tracing, upstreams"),
         ("server:\n  prot: 1\n", "server.prot", "unknown key; expected one of: access_log"),
         ("server:\n  workers: 0\n", "server.workers", "expected an integer from 1 to 1024, got 0"),
     ],

@@ -6,11 +6,13 @@ sets Host, X-Forwarded-For/Proto/Host and X-Request-ID itself, and frames the bo
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from gateway._fast.headers import response_headers
+from gateway._fast.metrics import Recorder
 from gateway.exchange import Exchange, Headers
 from gateway.proxy.pool import Pool
 from gateway.proxy.stage import ProxyStage
@@ -40,7 +42,8 @@ def exchange(headers: Headers, *, client: tuple[str, int] | None = CLIENT, schem
 
 def stage(target: Target = TARGET, preserve_host: bool = False) -> tuple[ProxyStage, Pool]:
     upstream = Upstream(UpstreamSpec("svc", (target,)))
-    return ProxyStage(upstream, None, preserve_host), upstream.pick()
+    recorder = Recorder(memoryview(bytearray(8 * 4096)).cast("q"), defaultdict(int))  # never records here
+    return ProxyStage(upstream, None, preserve_host, recorder), upstream.pick()
 
 
 def head(headers: Headers, *, target: Target = TARGET, preserve_host: bool = False,

@@ -1,0 +1,142 @@
+"""The auth stage: a route's policy applied to each request, before the proxy.
+
+One pass over the request headers finds the credentials and drops what the upstream must not get:
+``Authorization`` (unless ``keep_authorization``) and the client's own copies of every header a claim is
+forwarded in, so a client can never spoof ``X-User-Id`` (whether or not it sends a token, and on
+optional routes too). Then:
+
+    no token        required: 401 (bare Bearer challenge)    optional: passes on anonymously
+    a token         cached verification, else full verification (may await a key refresh)
+                    -> issuer allowed on this route? (else 401) -> claims satisfied? (else 403)
+                    -> ex.subject = sub, claims forwarded as headers -> next stage
+
+The token comes from the first source that has one: ``Authorization: Bearer``, the named cookie, the
+named query parameter (off by default; removed from the query the upstream gets unless
+``keep_authorization``).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
+
+from gateway.auth.errors import InsufficientScope, InvalidAuthRequest, InvalidToken, MissingToken
+from gateway.auth.policy import MISSING, RoutePolicy, claim_value, header_value, satisfies
+from gateway.auth.verify import TokenError, Verifier
+from gateway.exchange import Exchange, Stage
+
+Headers = list[tuple[bytes, bytes]]
+AUTHORIZATION = b"authorization"
+COOKIE = b"cookie"
+
+
+class AuthStage(Stage):
+    """Checks the route's token policy; see the module docstring. Everything is worked out here, once."""
+
+    def __init__(self, policy: RoutePolicy, verifier: Verifier) -> None:
+        self.policy = policy
+        self.verifier = verifier
+        self.required = policy.required
+        self.issuers = frozenset(policy.issuers) if policy.issuers is not None else None
+        self.bearer = policy.bearer
+        self.keep_authorization = policy.keep_authorization
+        self.cookie = (policy.cookie + "=").encode("latin-1") if policy.cookie else None
+        self.query = (policy.query + "=").encode("latin-1") if policy.query else None
+        # header names never passed on from the client: the forwarded claims' headers
+        self.strip = frozenset(header.encode("latin-1") for _, header in policy.forward)
+        self.forward = tuple((claim, tuple(claim.split(".")), header.encode("latin-1"))
+                             for claim, header in policy.forward)
+        self.claims = tuple((claim, tuple(claim.split(".")), expected) for claim, expected in policy.claims)
+
+    async def __call__(self, ex: Exchange) -> None:
+        scope = ex.scope
+        token, headers = self.credentials(scope["headers"])
+        if self.query is not None:
+            from_query, scope["query_string"] = self.from_query(scope["query_string"])
+            token = token or from_query
+        if token is None:
+            if self.required:
+                raise MissingToken()
+        else:
+            try:
+                verified = self.verifier.cached(token) or await self.verifier.verify(token)
+            except TokenError as exc:
+                raise InvalidToken(exc.description) from None
+            if self.issuers is not None and verified.issuer not in self.issuers:
+                raise InvalidToken("token issuer not accepted on this route")
+            claims = verified.claims
+            for name, path, expected in self.claims:
+                value = claim_value(claims, name, path)
+                if value is MISSING or not satisfies(value, expected):
+                    raise InsufficientScope(f"the token's {name} claim does not allow this request")
+            ex.subject = verified.subject
+            for name, path, header in self.forward:
+                value = claim_value(claims, name, path)
+                if value is not MISSING and value is not None:
+                    encoded = header_value(value)
+                    if encoded is not None:
+                        headers.append((header, encoded))
+        scope["headers"] = headers
+        await self.next(ex)  # type: ignore[misc]
+
+    def credentials(self, headers: Headers) -> tuple[bytes | None, Headers]:
+        """The token from Authorization or the cookie, and the headers the upstream may get."""
+        kept: Headers = []
+        authorization: bytes | None = None
+        cookie_token: bytes | None = None
+        strip = self.strip
+        for item in headers:
+            name = item[0]
+            if name == AUTHORIZATION:
+                if authorization is not None:
+                    raise InvalidAuthRequest("more than one Authorization header")
+                authorization = item[1]
+                if self.keep_authorization:
+                    kept.append(item)
+            elif name not in strip:
+                if name == COOKIE and self.cookie is not None and cookie_token is None:
+                    cookie_token = self.from_cookie(item[1])
+                kept.append(item)
+        if authorization is not None and self.bearer:
+            token = bearer_token(authorization)
+            if token is not None:
+                return token, kept
+        return cookie_token, kept
+
+    def from_cookie(self, header: bytes) -> bytes | None:
+        prefix = self.cookie
+        assert prefix is not None
+        for part in header.split(b";"):
+            pair = part.strip()
+            if pair.startswith(prefix):
+                value = pair[len(prefix):].strip(b'"')
+                return value or None
+        return None
+
+    def from_query(self, query: bytes) -> tuple[bytes | None, bytes]:
+        """The token from the query parameter, and the query the upstream gets (without it, unless
+        ``keep_authorization``)."""
+        prefix = self.query
+        if not query or prefix is None:
+            return None, query
+        token: bytes | None = None
+        kept = []
+        for part in query.split(b"&"):
+            if part.startswith(prefix):
+                if token is None:
+                    token = unquote_to_bytes(part[len(prefix):]) or None
+                if not self.keep_authorization:
+                    continue
+            kept.append(part)
+        return token, query if self.keep_authorization else b"&".join(kept)
+
+
+def bearer_token(authorization: bytes) -> bytes | None:
+    """The token of ``Bearer <token>`` (scheme case-insensitive, RFC 6750 section 2.1); None for any
+    other scheme. ``Bearer`` with nothing after it is a token that fails (malformed), not a missing one."""
+    scheme, _, rest = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
+        return None
+    token = rest.strip(b" \t")
+    if not token:
+        raise InvalidToken("malformed token")
+    return token
