@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from gateway._fast.headers import request_info
@@ -67,8 +68,10 @@ def route_stages(spec: RouteSpec, upstream: Upstream, metrics: WorkerMetrics,
 class Gateway:
     """The raw ASGI app every worker runs."""
 
-    def __init__(self, config: GatewayConfig, metrics: WorkerMetrics | None = None) -> None:
+    def __init__(self, config: GatewayConfig, metrics: WorkerMetrics | None = None,
+                 shared: Mapping[str, mmap.mmap] | None = None) -> None:
         self.config = config
+        self.shared = shared or {}  # host-wide segments by name (gateway.server.shared); empty in tests
         # Without a supervisor's shared region (tests, benchmarks) the worker counts in private memory.
         self.metrics = metrics if metrics is not None else WorkerMetrics(Schema.for_config(config))
         self.recorder = self.metrics.recorder

@@ -8,6 +8,7 @@ serving worker, 503 while starting, draining, or while a slot's worker is down; 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -15,8 +16,6 @@ import orjson
 from gateway._fast.protocol import Receive, Scope, Send, new_request_id
 from gateway.admin import dashboard
 from gateway.errors import error_body
-
-ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard"})
 
 
 class Exposition(Protocol):
@@ -30,36 +29,79 @@ class Readiness(Protocol):
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
 
 
+AdminHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+READ_METHODS = ("GET", "HEAD")
+
+
 class AdminApp:
-    """Routes admin requests; every answer is JSON."""
+    """Routes admin requests by exact path (or by prefix, for endpoints registered with ``prefix``).
+
+    The built-in endpoints are health, readiness, metrics and the dashboard; features add their own with
+    ``add`` when the supervisor starts (``register(admin, config)`` in their ``admin`` module, listed in
+    ``gateway.admin.features``). Answers are JSON unless an endpoint says otherwise; errors use the
+    gateway's JSON error body.
+    """
 
     def __init__(self, supervisor: Readiness) -> None:
         self.supervisor = supervisor
+        self.exact: dict[str, tuple[tuple[str, ...], AdminHandler]] = {}
+        self.prefixes: list[tuple[str, tuple[str, ...], AdminHandler]] = []
+        self.add("/healthz", self.healthz)
+        self.add("/readyz", self.readyz)
+        self.add("/metrics", self.metrics)
+        self.add("/dashboard", self.dashboard)
+
+    def add(self, path: str, handler: AdminHandler, methods: tuple[str, ...] = READ_METHODS,
+            prefix: bool = False) -> None:
+        """Serves ``path`` (every path under it when ``prefix``) with ``handler`` for ``methods``."""
+        if prefix:
+            self.prefixes.append((path, methods, handler))
+            self.prefixes.sort(key=lambda entry: -len(entry[0]))  # the longest prefix wins
+        else:
+            self.exact[path] = (methods, handler)
+
+    def find(self, path: str) -> tuple[tuple[str, ...], AdminHandler] | None:
+        found = self.exact.get(path)
+        if found is not None:
+            return found
+        for start, methods, handler in self.prefixes:
+            if path.startswith(start):
+                return methods, handler
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        path, method = scope["path"], scope["method"]
-        if path not in ENDPOINTS:
+        found = self.find(scope["path"])
+        if found is None:
             await respond(send, 404, error_body(404, "not_found", "no such admin endpoint", new_request_id()))
-        elif method not in ("GET", "HEAD"):
-            body = error_body(405, "method_not_allowed", "use GET", new_request_id())
-            await respond(send, 405, body, ((b"allow", b"GET, HEAD"),))
-        elif path == "/healthz":
-            await respond(send, 200, orjson.dumps({"status": "alive"}))
-        elif path == "/metrics":
-            accept = b""
-            for name, value in scope["headers"]:
-                if name == b"accept":
-                    accept = value
-            body, content_type = self.supervisor.metrics.exposition(accept.decode("latin-1"))
-            await respond(send, 200, body, content_type=content_type.encode("latin-1"))
-        elif path == "/dashboard":
-            page, headers = dashboard.page()
-            await respond(send, 200, page, headers, content_type=dashboard.CONTENT_TYPE)
-        else:
-            ready, detail = self.supervisor.readiness()
-            await respond(send, 200 if ready else 503, orjson.dumps(detail))
+            return
+        methods, handler = found
+        if scope["method"] not in methods:
+            allow = ", ".join(methods)
+            body = error_body(405, "method_not_allowed", f"use {allow}", new_request_id())
+            await respond(send, 405, body, ((b"allow", allow.encode("ascii")),))
+            return
+        await handler(scope, receive, send)
+
+    async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, 200, orjson.dumps({"status": "alive"}))
+
+    async def readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ready, detail = self.supervisor.readiness()
+        await respond(send, 200 if ready else 503, orjson.dumps(detail))
+
+    async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accept = b""
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value
+        body, content_type = self.supervisor.metrics.exposition(accept.decode("latin-1"))
+        await respond(send, 200, body, content_type=content_type.encode("latin-1"))
+
+    async def dashboard(self, scope: Scope, receive: Receive, send: Send) -> None:
+        page, headers = dashboard.page()
+        await respond(send, 200, page, headers, content_type=dashboard.CONTENT_TYPE)
 
 
 async def respond(send: Send, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = (),

@@ -35,9 +35,11 @@ from uvicorn.server import ServerState
 from gateway import __version__
 from gateway._fast.protocol import HttpProtocol, Limits
 from gateway.admin.app import AdminApp
+from gateway.admin.features import register_all
 from gateway.config import ConfigError
 from gateway.loader import GatewayConfig, load
 from gateway.observability.metrics import HostMetrics, Schema
+from gateway.server.shared import Segments, segment_sizes
 from gateway.settings import ServerSettings
 
 logger = logging.getLogger("gateway.supervisor")
@@ -157,6 +159,8 @@ class Supervisor:
         self.schema = Schema.for_config(config)  # the metrics layout of the current generation
         self.metrics = HostMetrics(__version__)
         self.metrics.facts = self.metric_facts
+        self.segments: Segments | None = None  # host-wide shared memory, made before the first worker
+        self.admin: AdminApp | None = None
 
     # -- start-up -----------------------------------------------------------------------------------
 
@@ -207,7 +211,8 @@ class Supervisor:
     async def start_admin(self) -> None:
         assert self.admin_sock is not None
         loop = asyncio.get_running_loop()
-        app = AdminApp(self)
+        app = self.admin = AdminApp(self)
+        register_all(app, self.config)
         state = ServerState()
         limits = Limits(max_header_bytes=16384, max_body_bytes=65536, keepalive_timeout=5.0)
         self.admin_server = await loop.create_server(
@@ -226,12 +231,15 @@ class Supervisor:
         ready_r, ready_w = os.pipe()
         fd = slot.sock.fileno()
         schema = self.schema
+        if self.segments is None:
+            self.segments = Segments(segment_sizes(self.config))
+        shared = tuple(self.segments.fds.values())
         region = self.metrics.region_for(schema)
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "gateway.server.worker", "--fd", str(fd), "--ready-fd", str(ready_w),
-                "--slot", str(slot.index), "--metrics-fd", str(region.fd), stdin=asyncio.subprocess.PIPE,
-                pass_fds=(fd, ready_w, region.fd),
+                "--slot", str(slot.index), "--metrics-fd", str(region.fd), "--shared", self.segments.argument(),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(fd, ready_w, region.fd, *shared),
             )
         except BaseException:
             region.close()
@@ -370,6 +378,8 @@ class Supervisor:
             if old is not None and old.process.returncode is None:
                 self.retire(old)
         self.metrics.reloads["success"] += 1
+        if self.admin is not None:
+            register_all(self.admin, config)
         logger.info("reloaded %s: %d routes, %d upstreams (generation %d)", config.source,
                     len(config.routes), len(config.upstreams), self.generation)
 
@@ -431,6 +441,8 @@ class Supervisor:
         for task in list(self.tasks):
             task.cancel()
         self.metrics.close()
+        if self.segments is not None:
+            self.segments.close()
         logger.info("stopped")
 
     # -- what the admin listener reports -------------------------------------------------------------

@@ -29,6 +29,7 @@ from gateway.app import Gateway
 from gateway.loader import GatewayConfig, from_document
 from gateway.observability.metrics import Schema, WorkerMetrics
 from gateway.server.logs import setup_logging
+from gateway.server.shared import attach
 
 logger = logging.getLogger("gateway.worker")
 PR_SET_PDEATHSIG = 1
@@ -105,10 +106,11 @@ def tune_gc(threshold: int) -> None:
         gc.set_threshold(threshold, middle, old)
 
 
-def run(fd: int, ready_fd: int, document: dict[str, Any], metrics_fd: int | None = None) -> int:
+def run(fd: int, ready_fd: int, document: dict[str, Any], metrics_fd: int | None = None,
+        shared: str | None = None) -> int:
     config = from_document(document)
     setup_logging(config.server.log_level)
-    app = Gateway(config, WorkerMetrics(Schema.for_config(config), metrics_fd))
+    app = Gateway(config, WorkerMetrics(Schema.for_config(config), metrics_fd), attach(shared))
     tune_gc(config.server.gc_threshold)
     sock = socket.socket(fileno=fd)
     server = WorkerServer(uvicorn_config(app, config), ready_fd)
@@ -129,10 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int, default=-1)
     parser.add_argument("--slot", type=int, default=0)
     parser.add_argument("--metrics-fd", type=int, default=None)
+    parser.add_argument("--shared", default=None, help="host-wide segments: name=fd,...")
     args = parser.parse_args(argv)
     os.environ["GATEWAY_WORKER_SLOT"] = str(args.slot)
     document = orjson.loads(sys.stdin.buffer.read())
-    return run(args.fd, args.ready_fd, document, args.metrics_fd)
+    return run(args.fd, args.ready_fd, document, args.metrics_fd, args.shared)
 
 
 if __name__ == "__main__":
