@@ -47,14 +47,47 @@ def sample_paths(entries: list[tuple[dict[str, Any], str]]) -> list[str]:
     return rng.sample(served, min(MAX_PATHS, len(served)))
 
 
-def write_config(directory: Path, count: int, upstream_port: int, access_log: bool) -> tuple[Path, list[str]]:
-    """A gateway config with ``count`` routes (JSON, which is YAML too) and the paths to request."""
+def write_config(directory: Path, count: int, upstream_port: int, access_log: bool,
+                 jwt: bool = False) -> tuple[Path, list[str], dict[str, str]]:
+    """A gateway config with ``count`` routes (JSON, which is YAML too), the paths to request and the
+    headers to send. With ``jwt`` every route requires an RS256 token (key in a local PEM file) and
+    forwards its subject; the headers carry one valid token (a client reusing its token, as they do)."""
     entries = routes(count)
-    document = {
+    document: dict[str, Any] = {
         "server": {"access_log": access_log},
         "upstreams": {"api": f"http://127.0.0.1:{upstream_port}"},
         "routes": [entry for entry, _ in entries],
     }
-    path = directory / f"routes-{count}.yaml"
+    headers: dict[str, str] = {}
+    if jwt:
+        key_file, token = signing_key(directory)
+        document["auth"] = {"issuers": {"bench": {
+            "issuer": ISSUER, "audiences": [AUDIENCE], "algorithms": ["RS256"], "keys": [{"file": str(key_file)}],
+        }}}
+        for entry, _ in entries:
+            entry["auth"] = {"mode": "required", "forward": {"sub": "X-User-Id"}}
+        headers["Authorization"] = f"Bearer {token}"
+    path = directory / f"routes-{count}{'-jwt' if jwt else ''}.yaml"
     path.write_text(json.dumps(document, indent=1))
-    return path, sample_paths(entries)
+    return path, sample_paths(entries), headers
+
+
+ISSUER = "https://bench.gateway.local/"
+AUDIENCE = "bench"
+
+
+def signing_key(directory: Path) -> tuple[Path, str]:
+    """A fresh RSA key: its public half as a PEM file for the gateway, and a token it signed (1 day)."""
+    import time
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_file = directory / "bench-jwt-public.pem"
+    public_file.write_bytes(private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "iat": now, "exp": now + 86_400}
+    return public_file, pyjwt.encode(claims, private, algorithm="RS256")

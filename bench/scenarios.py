@@ -106,9 +106,9 @@ def wrk_figures(running: Running, ctx: Context, script: Path | None) -> Row:
 
 
 def throughput(ctx: Context, label: str, proxies: Sequence[Proxy], config: Path | None = None,
-               paths: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+               paths: Sequence[str] = (), *, headers: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """wrk figures of each proxy; the gateway and its uvicorn twin run ``config`` (others proxy everything)."""
-    script = wrk.write_script(ctx.work, list(paths)) if paths else None
+    script = wrk.write_script(ctx.work, list(paths), headers) if paths else None
 
     def measure(proxy: Proxy) -> Row:
         routed = config if proxy.kind in ("gateway", "uvicorn") else None

@@ -18,10 +18,11 @@ from typing import Any
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
 SCRIPT = """\
 local paths = {{{paths}}}
+local headers = {{{headers}}}
 local requests = {{}}
 local i = 0
 function init(args)
-  for n, path in ipairs(paths) do requests[n] = wrk.format("GET", path) end
+  for n, path in ipairs(paths) do requests[n] = wrk.format("GET", path, headers) end
 end
 function request()
   i = i % #requests + 1
@@ -71,10 +72,11 @@ def parse(output: str) -> WrkResult:
     )
 
 
-def write_script(directory: Path, paths: list[str]) -> Path:
-    """A Lua script that makes wrk cycle over ``paths``."""
-    script = directory / f"paths-{len(paths)}.lua"
-    script.write_text(SCRIPT.format(paths=", ".join(f'"{p}"' for p in paths)))
+def write_script(directory: Path, paths: list[str], headers: dict[str, str] | None = None) -> Path:
+    """A Lua script that makes wrk cycle over ``paths``, sending ``headers`` with each request."""
+    script = directory / f"paths-{len(paths)}{'-h' if headers else ''}.lua"
+    lua_headers = ", ".join(f'["{name}"] = "{value}"' for name, value in (headers or {}).items())
+    script.write_text(SCRIPT.format(paths=", ".join(f'"{p}"' for p in paths), headers=lua_headers))
     return script
 
 
