@@ -24,6 +24,7 @@ from gateway._fast.headers import request_info
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
 from gateway.errors import BadRequest, GatewayError, error_body
 from gateway.exchange import Exchange, Stage, chain
+from gateway.guards.body import BodyLimitStage
 from gateway.loader import GatewayConfig
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import Schema, WorkerMetrics
@@ -32,10 +33,12 @@ from gateway.proxy.stage import ProxyStage
 from gateway.routing.config import RouteSpec
 from gateway.routing.paths import make_rewriter, normalize_path
 from gateway.routing.table import RouteTable
-from gateway.upstreams.upstream import Upstream
+from gateway.upstreams.stage import BalancedProxyStage
+from gateway.upstreams.upstream import Upstream, upstream_table
 
 if TYPE_CHECKING:
     from gateway.auth.runtime import Auth
+    from gateway.ratelimit.runtime import RateLimiter
 
 logger = logging.getLogger("gateway")
 
@@ -57,12 +60,27 @@ class Route:
 
 
 def route_stages(spec: RouteSpec, upstream: Upstream, metrics: WorkerMetrics,
-                 auth: Auth | None = None) -> list[Stage]:
+                 auth: Auth | None = None, ratelimit: RateLimiter | None = None) -> list[Stage]:
     """A route's own stages, in request order. Later features insert theirs before the proxy:
     CORS -> auth -> rate limit -> validation/transform -> cache -> proxy."""
     rewrite = make_rewriter(spec, upstream.base_path)
     auth_stages: list[Stage] = [auth.stage(spec.auth)] if spec.auth is not None and auth is not None else []
-    return [*auth_stages, ProxyStage(upstream, rewrite, spec.preserve_host, metrics.recorder)]
+    limit_stage = ratelimit.stage(spec) if ratelimit is not None else None  # after auth: keys may use ex.subject
+    limit_stages: list[Stage] = [limit_stage] if limit_stage is not None else []
+    proxy = ProxyStage if upstream.plain else BalancedProxyStage  # plain: one target, no policy
+    body_stages: list[Stage] = [BodyLimitStage(spec.max_body_bytes)] if spec.max_body_bytes is not None else []
+    return [*body_stages, *auth_stages, *limit_stages, proxy(upstream, rewrite, spec.preserve_host, metrics.recorder)]
+
+
+def offend_on_refusal(ex: Exchange, policy: object, limit: object, strikes: int) -> None:
+    """A rate-limit refusal counts towards a temporary ban of the connection's peer (when guards have
+    bans configured; a no-op otherwise). The peer, not a forwarded address: that is what a ban refuses,
+    and a trusted proxy's address belongs in the guards' allow list."""
+    from gateway import guards
+
+    client = ex.scope["client"]
+    if client:
+        guards.offend(client[0], "rate_limit")
 
 
 class Gateway:
@@ -77,8 +95,9 @@ class Gateway:
         self.recorder = self.metrics.recorder
         self.upstreams: dict[str, Upstream] = {}
         target_number = 0
+        table = upstream_table(self.shared, config.server.workers)  # shared upstream state (None: private)
         for name, upstream_spec in config.all_upstreams().items():  # the schema's order of targets
-            upstream = self.upstreams[name] = Upstream(upstream_spec)
+            upstream = self.upstreams[name] = Upstream(upstream_spec, table)
             for pool in upstream.pools:
                 pool.metric = target_number
                 target_number += 1
@@ -86,12 +105,24 @@ class Gateway:
         if config.auth is not None:  # the auth modules (pyjwt, cryptography) load only when configured
             from gateway.auth import runtime
 
-            self.auth = runtime.Auth(config.auth)
+            self.auth = runtime.Auth(config.auth, redis_url=config.server.redis_url)
+        self.ratelimit: RateLimiter | None = None
+        if config.ratelimit is not None:
+            from gateway.ratelimit.runtime import RateLimiter
+
+            self.ratelimit = RateLimiter(config.ratelimit, self.metrics, self.shared.get("ratelimit"),
+                                         config.server.workers)
+            self.ratelimit.on_exceeded(offend_on_refusal)  # clients that keep exceeding get banned
         routes = []
         for number, spec in enumerate(config.routes):
-            first = chain(route_stages(spec, self.upstreams[spec.upstream], self.metrics, self.auth))
+            first = chain(route_stages(spec, self.upstreams[spec.upstream], self.metrics, self.auth,
+                                       self.ratelimit))
             routes.append((spec, Route(spec, first, number)))
-        self.unmatched = len(config.routes)  # the metrics' "(unmatched)" route
+        self.unmatched = len(config.routes)  # the metrics' "(unmatched)" route, after the built-in ones
+        if self.auth is not None:  # the token issuer's own endpoints, served here (config.builtin_routes())
+            builtin = self.auth.builtin_routes()
+            routes += [(spec, Route(spec, stage, self.unmatched + i)) for i, (spec, stage) in enumerate(builtin)]
+            self.unmatched += len(builtin)
         self.table: RouteTable[Route] = RouteTable(routes, config.source)
         server = config.server
         self.access_log = AccessLog(server.access_log_file, server.access_log_sample) if server.access_log else None

@@ -71,6 +71,14 @@ class HeadersTooLarge(GatewayError):
     default_message = "the request line and headers are larger than the gateway accepts"
 
 
+class TooManyRequests(GatewayError):
+    """A rate limit refused the request (429); carries Retry-After."""
+
+    status = 429
+    code = "rate_limited"
+    default_message = "too many requests"
+
+
 class BadGateway(GatewayError):
     status = 502
     code = "upstream_unavailable"

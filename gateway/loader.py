@@ -14,8 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.auth.policy import check_route_issuers
 from gateway.config import ConfigError, Node, load_file
+from gateway.guards.body import route_body_limits
+from gateway.guards.config import GuardsSpec, parse_guards
 from gateway.observability.tracing import TracingSpec, parse_tracing
 from gateway.proxy.target import parse_target
+from gateway.ratelimit.config import RateLimitSpec, check_route_policies, parse_ratelimit
+from gateway.ratelimit.config import describe as describe_ratelimit
 from gateway.routing.config import RouteSpec, parse_routes
 from gateway.routing.table import RouteTable
 from gateway.settings import ServerSettings, resolve
@@ -24,7 +28,7 @@ from gateway.upstreams.config import UpstreamSpec, parse_upstreams
 if TYPE_CHECKING:
     from gateway.auth.config import AuthSpec
 
-TOP_KEYS = frozenset({"server", "upstreams", "routes", "tracing", "auth"})
+TOP_KEYS = frozenset({"server", "upstreams", "routes", "tracing", "auth", "guards", "ratelimit"})
 QUICK_SOURCE = "--upstream"
 
 
@@ -39,6 +43,16 @@ class GatewayConfig:
     document: dict[str, Any] = field(repr=False, compare=False)
     tracing: TracingSpec | None = None  # None: tracing off
     auth: AuthSpec | None = None  # None: no issuers, no route checks tokens
+    guards: GuardsSpec | None = None  # None: no connection guards (the protocol's limits still apply)
+    ratelimit: RateLimitSpec | None = None  # None: no rate limits
+
+    def builtin_routes(self) -> list[RouteSpec]:
+        """Routes the gateway answers itself (the token issuer's endpoints), after the configured ones."""
+        if self.auth is None:
+            return []
+        from gateway.auth.issuer_config import builtin_routes
+
+        return [spec for spec, _ in builtin_routes(self.auth)]
 
     def all_upstreams(self) -> dict[str, UpstreamSpec]:
         """The named upstreams, then one per distinct inline URL in the routes (named by the URL)."""
@@ -65,6 +79,10 @@ class GatewayConfig:
             lines.append(f"tracing: {self.tracing.describe()}")
         if self.auth is not None:
             lines += ["auth issuers:", *(f"  {spec.describe()}" for spec in self.auth.issuers.values())]
+        if self.guards is not None:
+            lines.append(f"guards: {self.guards.describe()}")
+        if self.ratelimit is not None:
+            lines += describe_ratelimit(self.ratelimit)
         return "\n".join(lines)
 
 
@@ -89,6 +107,8 @@ def load(environ: Mapping[str, str], flags: Mapping[str, Any]) -> GatewayConfig:
         "routes": root.child("routes").value,
         "tracing": root.child("tracing").value,
         "auth": root.child("auth").value,
+        "guards": root.child("guards").value,
+        "ratelimit": root.child("ratelimit").value,
     }
     return from_document(document)
 
@@ -116,13 +136,18 @@ def from_document(document: Mapping[str, Any]) -> GatewayConfig:
     routes = parse_routes(routes_node)
     if not routes:
         raise ConfigError(source, "routes", "expected at least one route")
+    routes = route_body_limits(server.max_body_bytes, routes)
     for index, route in enumerate(routes):
         _check_upstream_reference(route, index, upstreams, routes_node)
     RouteTable([(route, index) for index, route in enumerate(routes)], source)  # patterns and conflicts
     tracing = parse_tracing(Node(document.get("tracing"), source, "tracing"))
     auth = _parse_auth(Node(document.get("auth"), source, "auth"))
     check_route_issuers([(i, r.auth) for i, r in enumerate(routes) if r.auth is not None], auth, routes_node)
-    return GatewayConfig(server, upstreams, tuple(routes), source, dict(document), tracing, auth)
+    guards = parse_guards(Node(document.get("guards"), source, "guards"))
+    ratelimit = parse_ratelimit(Node(document.get("ratelimit"), source, "ratelimit"))
+    check_route_policies([(i, r.ratelimit) for i, r in enumerate(routes) if r.ratelimit], ratelimit, routes_node)
+    return GatewayConfig(server, upstreams, tuple(routes), source, dict(document), tracing, auth, guards,
+                         ratelimit=ratelimit)
 
 
 def _parse_auth(node: Node) -> AuthSpec | None:

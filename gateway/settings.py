@@ -127,7 +127,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_header_bytes", lambda n: n.size(), 65536,
             "Largest request line plus headers; larger gets 431.", default_doc="64KiB"),
     Setting("max_body_bytes", lambda n: n.size(), 1024**3,
-            "Largest request body; larger gets 413. 0 means no limit.", default_doc="1GiB"),
+            "Largest request body; larger gets 413. 0 means no limit. A route's `max_body_bytes` overrides it.",
+            default_doc="1GiB"),
+    Setting("max_header_count", lambda n: n.integer(minimum=0), 100,
+            "Most header fields in a request; more gets 431. 0 means no limit."),
+    Setting("min_body_rate", lambda n: n.size(), 0,
+            "Bytes per second a request body must keep arriving at after `body_rate_grace` (measured over each "
+            "`body_rate_window`); slower gets 408 (slow-body guard). 0 means no minimum."),
+    Setting("body_rate_grace", lambda n: n.duration(), 5.0,
+            "How long a request body may take before `min_body_rate` applies.", default_doc="5s"),
+    Setting("body_rate_window", lambda n: n.duration(), 5.0,
+            "The window over which `min_body_rate` is measured.", default_doc="5s"),
     Setting("backlog", lambda n: n.integer(minimum=1), 2048, "Listen backlog of each worker's socket."),
     Setting("gc_threshold", lambda n: n.integer(minimum=0), 50000,
             "Allocations between a worker's young-generation garbage collections (CPython's default is "
@@ -163,6 +173,10 @@ class ServerSettings:
     header_timeout: float = 10.0
     max_header_bytes: int = 65536
     max_body_bytes: int = 1024**3
+    max_header_count: int = 100
+    min_body_rate: int = 0
+    body_rate_grace: float = 5.0
+    body_rate_window: float = 5.0
     backlog: int = 2048
     gc_threshold: int = 50000
     config: str | None = None

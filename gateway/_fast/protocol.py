@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # both builds share protocol_py's API; type-check against it
         Scope,
         Send,
         error_response,
+        limit_body,
         new_request_id,
         uvicorn_protocol,
     )
@@ -29,6 +30,7 @@ else:
     Limits = _impl.Limits
     RequestCycle = _impl.RequestCycle
     error_response = _impl.error_response
+    limit_body = _impl.limit_body
     new_request_id = _impl.new_request_id
     uvicorn_protocol = _impl.uvicorn_protocol
 
@@ -36,5 +38,5 @@ IMPLEMENTATION = kind(_impl)
 
 __all__ = [
     "IMPLEMENTATION", "ASGIApp", "ClientDisconnected", "HttpProtocol", "Limits", "Message", "Receive",
-    "RequestCycle", "Scope", "Send", "error_response", "new_request_id", "uvicorn_protocol",
+    "RequestCycle", "Scope", "Send", "error_response", "limit_body", "new_request_id", "uvicorn_protocol",
 ]

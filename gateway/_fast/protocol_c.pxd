@@ -11,11 +11,12 @@ cdef class RequestCycle:
     cdef public bint keep_alive, expect_100, more_body, disconnected, response_started, response_complete
     cdef public bint head_request, no_body, chunked
     cdef public list body
-    cdef public Py_ssize_t body_size, sent_length
+    cdef public Py_ssize_t body_size, sent_length, body_limit, request_length
     cdef public object waiter, expected_length, task
     cdef public bytes head
 
     cpdef void wake(self)
+    cpdef bint limit_body(self, Py_ssize_t limit)
     cpdef void _start(self, int status, object headers) except *
     cpdef object _send_body(self, bytes body, bint more_body)
 
@@ -23,7 +24,10 @@ cdef class RequestCycle:
 cdef class HttpProtocol:
     cdef public object app, limits, state, loop, scheme, transport, parser, client, server
     cdef public bint closed, write_paused, read_paused, head_pending, shutting_down, upgraded, lingering
-    cdef public bint expect_100
+    cdef public bint expect_100, rate_due, rate_excused
+    cdef public object guard, guard_ticket
+    cdef public long long guard_epoch
+    cdef public Py_ssize_t rate_mark
     cdef public object drain_waiters, pipeline, timer, timer_action, error
     cdef public Py_ssize_t buffered, head_bytes, content_length, head_size, hosts
     cdef public RequestCycle active, parsing

@@ -7,9 +7,14 @@ one costs more per request than the whole gateway does (DESIGN.md) and cannot en
 - strict parsing (llhttp without leniencies): a malformed request, an ambiguous length (the request
   smuggling vectors), a missing Host on HTTP/1.1 is answered 400 and never reaches the app;
 - size limits: request line plus headers over ``max_header_bytes`` is 431, counted on the raw bytes so a
-  single endless header cannot grow memory; a body over ``max_body_bytes`` is 413, up front from
-  Content-Length or mid-stream for chunked bodies;
-- timeouts: a slow request head (``header_timeout``) gets 408, an idle keep-alive connection is closed;
+  single endless header cannot grow memory, and so are more than ``max_header_count`` header fields; a
+  body over ``max_body_bytes`` is 413, up front from Content-Length or mid-stream for chunked bodies (a
+  route may lower it once it is known: ``limit_body``);
+- timeouts: a slow request head (``header_timeout``) gets 408, and so does a body that arrives slower than
+  ``min_body_rate`` (slowloris); an idle keep-alive connection is closed;
+- connection guards (``gateway.guards``), when given: ``guard.admit`` at ``connection_made`` may turn the
+  connection away before anything is read, ``guard.check`` sees each request head while bans run,
+  ``guard.rejected`` hears of every 408/413/431 (metrics, bans) and ``guard.release`` of every close;
 - flow control both ways: request bodies buffer at most ``HIGH_WATER`` bytes before the socket stops
   being read; ``send`` waits while the client's socket buffer is full;
 - every error answered by the gateway carries the JSON body of ``gateway.errors``.
@@ -77,6 +82,16 @@ class NotImplementedMethod(GatewayError):
     default_message = "this request needs a protocol feature the gateway does not offer"
 
 
+class BodyTooSlow(RequestTimeout):
+    code = "request_body_too_slow"
+    default_message = "the request body arrived slower than the gateway's minimum rate"
+
+
+class TooManyHeaders(HeadersTooLarge):
+    code = "too_many_headers"
+    default_message = "the request has more header fields than the gateway accepts"
+
+
 class VersionNotSupported(GatewayError):
     status = 505
     code = "http_version_not_supported"
@@ -91,6 +106,10 @@ class Limits:
     max_body_bytes: int = 1024**3  # 0 = no limit
     keepalive_timeout: float = 60.0
     header_timeout: float = 10.0
+    max_header_count: int = 100  # 0 = no limit
+    min_body_rate: int = 0  # bytes per second a body must keep up after the grace period; 0 = no minimum
+    body_rate_grace: float = 5.0
+    body_rate_window: float = 5.0
 
 
 def new_request_id() -> str:
@@ -120,8 +139,8 @@ class RequestCycle:
     """One request/response exchange: the ASGI ``receive`` and ``send`` of a request."""
 
     __slots__ = (
-        "body", "body_size", "chunked", "disconnected", "expect_100", "expected_length", "head",
-        "head_request", "keep_alive", "more_body", "no_body", "protocol", "response_complete",
+        "body", "body_limit", "body_size", "chunked", "disconnected", "expect_100", "expected_length", "head",
+        "head_request", "keep_alive", "more_body", "no_body", "protocol", "request_length", "response_complete",
         "response_started", "scope", "sent_length", "task", "waiter",
     )
 
@@ -132,6 +151,8 @@ class RequestCycle:
         self.expect_100 = expect_100
         self.body: list[bytes] = []
         self.body_size = 0
+        self.body_limit = 0  # set by the protocol (0: none)
+        self.request_length = -1  # the request's Content-Length (-1: none)
         self.more_body = True
         self.waiter: asyncio.Future[None] | None = None
         self.disconnected = False
@@ -157,6 +178,7 @@ class RequestCycle:
         if not self.body and self.more_body:
             if self.expect_100:
                 self.expect_100 = False
+                self.protocol.rate_excused = True  # the client could not send before this
                 self.protocol.write(CONTINUE)
             self.protocol.resume_reading()
             self.waiter = self.protocol.loop.create_future()
@@ -176,6 +198,13 @@ class RequestCycle:
         chunks.clear()
         self.protocol.body_consumed(len(body))
         return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    def limit_body(self, limit: int) -> bool:
+        """Sets this request's body limit (0: none), once its route is known; False when the request
+        already exceeds it (its Content-Length, or the body bytes read so far). The protocol enforces it
+        on the bytes still to come: past it, 413 (or the connection closes if the response started)."""
+        self.body_limit = limit
+        return not limit or (self.request_length <= limit and self.body_size <= limit)
 
     def send(self, message: Message) -> Awaitable[None]:
         """Writes the response; the awaitable it returns waits while the client's socket is full.
@@ -251,7 +280,7 @@ class HttpProtocol:
     asyncio.Protocol). ``state`` is uvicorn's ServerState (connections, tasks, counters)."""
 
     def __init__(self, app: ASGIApp, limits: Limits, state: Any, loop: asyncio.AbstractEventLoop | None = None,
-                 scheme: str = "http") -> None:
+                 scheme: str = "http", *, guard: Any = None) -> None:
         self.app = app
         self.limits = limits
         self.state = state
@@ -286,21 +315,42 @@ class HttpProtocol:
         self.upgraded = False
         self.lingering = False
         self.error: GatewayError | None = None
+        self.guard = guard  # gateway.guards.runtime.Guard, or None (no hooks at all)
+        self.guard_ticket: Any = None  # what the guard counted for this connection (released at close)
+        self.guard_epoch = -1  # the guard's ban epoch last seen; -1: no check per request
+        self.rate_due = False  # a body is expected: time its rate once this read is parsed
+        self.rate_excused = False  # the gateway, not the client, held the body back in this window
+        self.rate_mark = -1  # body bytes at the start of the rate window (-1: grace period)
 
     # -- connection events --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
-        self.state.connections.add(self)
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
         self.client = (peer[0], peer[1]) if isinstance(peer, tuple) else None
         self.server = (sock[0], sock[1]) if isinstance(sock, tuple) else None
+        if self.guard is not None:
+            refusal = self.guard.admit(self)
+            if refusal is not None:
+                self.refuse(refusal)
+                return
+        self.state.connections.add(self)
         self.arm_timer(self.limits.keepalive_timeout, self.on_idle_timeout)
+
+    def refuse(self, answer: bytes) -> None:
+        """Ends a connection the guards turned away before reading from it: their answer (if any), then
+        close at once, so a refused client holds nothing (no lingering close)."""
+        self.closed = True
+        if answer:
+            self.transport.write(answer)  # type: ignore[union-attr]
+        self.transport.close()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.state.connections.discard(self)
+        if self.guard_ticket is not None:
+            self.guard.release(self)
         self.drop_timer()
         cycle = self.active
         if cycle is not None and not cycle.response_complete:
@@ -335,6 +385,11 @@ class HttpProtocol:
                 self.fail(HeadersTooLarge())
             elif self.timer_action != self.on_header_timeout:
                 self.arm_timer(self.limits.header_timeout, self.on_header_timeout)
+        elif self.rate_due:  # a body is arriving in more than one read: from now on it must keep up
+            self.rate_due = False
+            self.rate_mark = -1
+            self.rate_excused = False
+            self.arm_timer(self.limits.body_rate_grace, self.on_body_rate)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -449,6 +504,22 @@ class HttpProtocol:
         if self.head_pending and self.active is None:
             self.fail(RequestTimeout())
 
+    def on_body_rate(self) -> None:
+        """After the grace period, every ``body_rate_window`` the body must have grown by at least
+        ``min_body_rate`` per second (408 otherwise). A window in which the gateway held the body back
+        (reading paused, 100 Continue not yet sent) does not count against the client."""
+        cycle = self.parsing
+        if cycle is None or self.closed:
+            return  # the body is complete
+        limits = self.limits
+        if self.read_paused or self.rate_excused or cycle.expect_100:
+            self.rate_excused = False
+        elif self.rate_mark >= 0 and cycle.body_size - self.rate_mark < limits.min_body_rate * limits.body_rate_window:
+            self.fail(BodyTooSlow())
+            return
+        self.rate_mark = cycle.body_size
+        self.arm_timer(limits.body_rate_window, self.on_body_rate)
+
     # -- reading flow control -----------------------------------------------------------------------
 
     def body_consumed(self, size: int) -> None:
@@ -464,6 +535,7 @@ class HttpProtocol:
     def pause_reading(self) -> None:
         if not self.read_paused and not self.closed and self.transport is not None:
             self.read_paused = True
+            self.rate_excused = True
             self.transport.pause_reading()
 
     # -- parser callbacks ---------------------------------------------------------------------------
@@ -499,8 +571,17 @@ class HttpProtocol:
         self.head_pending = False
         self.head_bytes = 0
         self.cancel_timer()
+        if self.guard_epoch >= 0:  # bans run: one banned since this connection was admitted is refused
+            refusal = self.guard.check(self)
+            if refusal is not None:
+                self.error = refusal
+                raise refusal
         if len(self.url) + self.head_size > self.limits.max_header_bytes:
             self.error = HeadersTooLarge()
+            raise self.error
+        count = self.limits.max_header_count
+        if count and len(self.headers) > count:
+            self.error = TooManyHeaders()
             raise self.error
         parser = self.parser
         method = parser.get_method().decode("ascii")
@@ -521,6 +602,10 @@ class HttpProtocol:
         # a 100 Continue must not be sent to an HTTP/1.0 client (RFC 9110 section 10.1.1)
         cycle = RequestCycle(self, scope, parser.should_keep_alive() and not self.shutting_down,
                              self.expect_100 and version != "1.0")
+        cycle.body_limit = limit
+        cycle.request_length = self.content_length
+        if self.limits.min_body_rate and (self.content_length > 0 or self.transfer_encoding):
+            self.rate_due = True
         self.parsing = cycle
         self.state.total_requests += 1
         if self.active is None:
@@ -597,7 +682,7 @@ class HttpProtocol:
         if cycle is None or cycle.response_complete or cycle.disconnected:
             return
         cycle.body_size += len(body)
-        limit = self.limits.max_body_bytes
+        limit = cycle.body_limit
         if limit and cycle.body_size > limit:
             self.error = PayloadTooLarge()
             raise self.error
@@ -610,6 +695,7 @@ class HttpProtocol:
     def on_message_complete(self) -> None:
         cycle = self.parsing
         self.head_pending = True
+        self.rate_due = False
         if cycle is not None:
             cycle.more_body = False
             cycle.wake()
@@ -691,8 +777,10 @@ class HttpProtocol:
             self.arm_timer(self.limits.header_timeout, self.on_header_timeout)
 
     def fail(self, exc: GatewayError) -> None:
-        """Answers a protocol error (400/408/413/431/501) and closes the connection."""
+        """Answers a protocol error (400/403/408/413/431/501) and closes the connection."""
         self.error = None
+        if self.guard is not None:
+            self.guard.rejected(self, exc)
         cycle = self.active
         if cycle is not None:
             if cycle.task is not None and not cycle.task.done():
@@ -711,11 +799,18 @@ def _parser_message(exc: Exception) -> str:
     return f"malformed HTTP request: {text}"
 
 
-def uvicorn_protocol(app: ASGIApp, limits: Limits) -> Callable[..., HttpProtocol]:
+def limit_body(receive: Receive, limit: int) -> bool:
+    """Applies a route's body limit to the request whose ASGI ``receive`` this is (see
+    ``RequestCycle.limit_body``); True when ``receive`` is not this protocol's (nothing to enforce)."""
+    apply = getattr(getattr(receive, "__self__", None), "limit_body", None)
+    return bool(apply(limit)) if apply is not None else True
+
+
+def uvicorn_protocol(app: ASGIApp, limits: Limits, guard: Any = None) -> Callable[..., HttpProtocol]:
     """A protocol factory with the signature ``uvicorn.Server`` calls (``Config(http=...)``)."""
 
     def factory(config: Any, server_state: Any, app_state: Any = None,
                 _loop: asyncio.AbstractEventLoop | None = None) -> HttpProtocol:
-        return HttpProtocol(app, limits, server_state, _loop)
+        return HttpProtocol(app, limits, server_state, _loop, guard=guard)
 
     return factory

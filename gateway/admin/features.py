@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from gateway.admin.app import AdminApp
     from gateway.loader import GatewayConfig
 
-FEATURES: tuple[str, ...] = ()  # e.g. "gateway.auth.admin"
+FEATURES: tuple[str, ...] = ("gateway.upstreams.admin", "gateway.auth.admin",
+                               "gateway.guards.admin")  # e.g. "gateway.auth.admin"
 
 
 def register_all(admin: AdminApp, config: GatewayConfig) -> None:

@@ -7,5 +7,13 @@
 - ``verify``: the verifier (pyjwt does the JOSE work) and the per-worker verified-token cache;
 - ``stage``: the request stage; ``runtime``: a worker's auth state; ``errors``: 401/403 with challenges.
 
+The gateway as token issuer (``auth.issuer``, ``auth.consumers``, ``auth.sessions``):
+
+- ``issuer_config``: those sections; ``keyset``: the rotating key set (next, current, previous), pure;
+- ``store`` (host-local: key file and SQLite) and ``redis_store``: the shared state;
+- ``issuer``: a worker's copy of the keys (a ``KeySource``), rotation, access and refresh tokens;
+- ``endpoints``: token, JWKS, login and logout, served by the gateway; ``sessions``: login sessions;
+- ``revocation``: revoked jtis and ended sessions every worker polls; ``admin``: the admin port's endpoints.
+
 Nothing is imported here, so loading a route policy does not load the cryptography modules.
 """

@@ -11,6 +11,9 @@ auth:
       jwks_url: https://idp.example.com/jwks.json   # or discovery_url, keys (files), secret
 ```
 
+The gateway's own token issuer (``issuer``, ``consumers``, ``sessions``, ``state_dir``, ``redis_prefix``)
+is read by gateway/auth/issuer_config.py and joins ``issuers`` under its name (``IssuerSpec.local``).
+
 Everything that can be wrong is found here, in the supervisor and in ``gateway check``: algorithm names,
 HS256 without a secret or a secret with asymmetric algorithms, unreadable or unfit key files (the error
 names the file and the key path), bad URLs. Secrets are never echoed in an error.
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from gateway.auth.issuer_config import ConsumerSpec, LocalIssuerSpec, SessionSpec, parse_issuer_sections
 from gateway.auth.keys import (
     ALGORITHMS,
     ASYMMETRIC_ALGORITHMS,
@@ -37,7 +41,7 @@ from gateway.auth.keys import (
 )
 from gateway.config import ConfigError, Node
 
-AUTH_KEYS = frozenset({"issuers", "cache_size"})
+AUTH_KEYS = frozenset({"issuers", "cache_size", "state_dir", "redis_prefix", "issuer", "consumers", "sessions"})
 ISSUER_KEYS = frozenset({
     "issuer", "audiences", "algorithms", "jwks_url", "discovery_url", "keys", "secret", "leeway",
     "required_claims", "jwks_ttl", "jwks_min_ttl", "jwks_max_ttl", "jwks_cooldown", "jwks_timeout",
@@ -80,6 +84,7 @@ class IssuerSpec:
     jwks_timeout: float = DEFAULT_JWKS_TIMEOUT
     unknown_kid_ttl: float = DEFAULT_UNKNOWN_KID_TTL  # a kid a fresh fetch lacked is refused this long
     ca_file: str | None = None  # trusted CAs for an https JWKS (default: the system's)
+    local: bool = False  # the gateway's own issuer: keys from its shared, rotating key set
 
     @property
     def remote(self) -> bool:
@@ -87,7 +92,9 @@ class IssuerSpec:
 
     def describe(self) -> str:
         """One line for ``gateway check`` (no secret, no key material)."""
-        if self.jwks_url is not None:
+        if self.local:
+            where = "the gateway's own rotating keys"
+        elif self.jwks_url is not None:
             where = f"JWKS {_shown(self.jwks_url)}"
         elif self.discovery_url is not None:
             where = f"discovery {_shown(self.discovery_url)}"
@@ -104,6 +111,11 @@ class AuthSpec:
 
     issuers: Mapping[str, IssuerSpec] = field(default_factory=dict)
     cache_size: int = DEFAULT_CACHE_SIZE
+    local: LocalIssuerSpec | None = None  # the gateway as token issuer (also under issuers, by its name)
+    consumers: tuple[ConsumerSpec, ...] = ()
+    sessions: SessionSpec | None = None
+    state_dir: str = ""  # host-local state (key file, sqlite) when there is no Redis
+    redis_prefix: str = "gateway:auth:"
 
 
 def _shown(url: str) -> str:
@@ -117,20 +129,38 @@ def parse_auth(node: Node) -> AuthSpec | None:
     if node.missing:
         return None
     node.mapping(AUTH_KEYS)
-    issuers_node = node.child("issuers").required("a mapping of issuer names to their settings")
+    sections = parse_issuer_sections(node)
+    issuers_node = node.child("issuers")
+    if sections.local is None:
+        issuers_node.required("a mapping of issuer names to their settings (or an 'issuer' section)")
     issuers: dict[str, IssuerSpec] = {}
     seen: dict[str, str] = {}
-    for name, child in issuers_node.items():
+    for name, child in issuers_node.mapping(optional=True).items():
         if not ISSUER_NAME.match(name):
             raise ConfigError(child.source, child.path, "expected an issuer name of letters, digits and _ . : -")
         spec = issuers[name] = parse_issuer(name, child)
         if spec.issuer in seen:
             child.child("issuer").fail(f"an iss value no other issuer has (issuers.{seen[spec.issuer]} has it)")
         seen[spec.issuer] = name
+    if sections.local is not None:
+        _add_local(issuers, seen, sections.local, node.child("issuer"))
     if not issuers:
         issuers_node.fail("at least one issuer")
     cache_size = node.child("cache_size").integer(DEFAULT_CACHE_SIZE, minimum=0, maximum=10_000_000)
-    return AuthSpec(issuers, cache_size)
+    return AuthSpec(issuers, cache_size, sections.local, sections.consumers, sections.sessions, sections.state_dir,
+                    sections.redis_prefix)
+
+
+def _add_local(issuers: dict[str, IssuerSpec], seen: dict[str, str], local: LocalIssuerSpec, node: Node) -> None:
+    """The gateway's own issuer is verified like the others, under its name."""
+    if local.name in issuers:
+        node.child("name").fail(f"an issuer name not under auth.issuers ({local.name} is; set issuer.name)")
+    if local.issuer in seen:
+        node.child("issuer").fail(f"an iss value no other issuer has (issuers.{seen[local.issuer]} has it)")
+    issuers[local.name] = IssuerSpec(
+        name=local.name, issuer=local.issuer, algorithms=(local.algorithm,),
+        audiences=(local.audience,) if local.audience else (), leeway=local.leeway, local=True,
+    )
 
 
 def parse_issuer(name: str, node: Node) -> IssuerSpec:

@@ -8,7 +8,7 @@ routes:
     auth:
       mode: required              # required | optional | off (default: off; `auth: required` is short)
       issuers: [corp]             # default: every issuer under auth.issuers
-      token: {bearer: true, cookie: access_token, query: null}   # where to look, in this order
+      token: {bearer: true, cookie: access_token, query: null, session: false}   # where to look, in order
       claims: {role: admin, groups: [ops]}   # a value: equal (or held by a list); a list: all held
       forward: {sub: X-User-Id, email: X-User-Email}
       keep_authorization: false   # default: Authorization is not sent upstream
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 MODES = ("required", "optional", "off")
 POLICY_KEYS = frozenset({"mode", "issuers", "token", "claims", "forward", "keep_authorization"})
-TOKEN_KEYS = frozenset({"bearer", "cookie", "query"})
+TOKEN_KEYS = frozenset({"bearer", "cookie", "query", "session"})
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+\Z")  # RFC 9110 token, without "_" (the proxy drops those)
 COOKIE_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 QUERY_NAME = re.compile(r"^[A-Za-z0-9_.~-]+\Z")
@@ -60,6 +60,7 @@ class RoutePolicy:
     claims: tuple[tuple[str, Scalar | tuple[Scalar, ...]], ...] = ()
     forward: tuple[tuple[str, str], ...] = ()  # (claim, lower-case header name)
     keep_authorization: bool = False
+    session: bool = False  # the login session cookie of auth.sessions (after the token sources)
 
 
 def parse_route_auth(node: Node) -> RoutePolicy | None:
@@ -74,7 +75,7 @@ def parse_route_auth(node: Node) -> RoutePolicy | None:
     mode = "required" if mode_node.missing else _mode(mode_node)
     if mode == "off":
         return None
-    bearer, cookie, query = _sources(node.child("token"))
+    bearer, cookie, query, session = _sources(node.child("token"))
     forward = _forward(node.child("forward"))
     return RoutePolicy(
         required=mode == "required",
@@ -85,6 +86,7 @@ def parse_route_auth(node: Node) -> RoutePolicy | None:
         claims=_claims(node.child("claims")),
         forward=forward,
         keep_authorization=node.child("keep_authorization").boolean(False),
+        session=session,
     )
 
 
@@ -107,16 +109,17 @@ def _issuers(node: Node) -> tuple[str, ...] | None:
     return names
 
 
-def _sources(node: Node) -> tuple[bool, str | None, str | None]:
+def _sources(node: Node) -> tuple[bool, str | None, str | None, bool]:
     if node.missing:
-        return True, None, None
+        return True, None, None, False
     node.mapping(TOKEN_KEYS)
     bearer = node.child("bearer").boolean(True)
     cookie = _name(node.child("cookie"), COOKIE_NAME, "a cookie name")
     query = _name(node.child("query"), QUERY_NAME, "a query parameter name of letters, digits and _ . ~ -")
-    if not bearer and cookie is None and query is None:
-        node.fail("at least one token source: bearer: true, cookie: NAME or query: NAME")
-    return bearer, cookie, query
+    session = node.child("session").boolean(False)
+    if not bearer and cookie is None and query is None and not session:
+        node.fail("at least one token source: bearer: true, cookie: NAME, query: NAME or session: true")
+    return bearer, cookie, query, session
 
 
 def _name(node: Node, pattern: re.Pattern[str], expected: str) -> str | None:
@@ -172,17 +175,43 @@ def _claim_name(node: Node, name: str) -> None:
 
 
 def check_route_issuers(policies: list[tuple[int, RoutePolicy]], auth: AuthSpec | None, routes: Node) -> None:
-    """Every route that uses auth names only configured issuers (and some issuer exists at all)."""
+    """Every route that uses auth names only configured issuers (and some issuer exists at all); a route
+    reading the session cookie has sessions configured; the issuer's own endpoints fit among the routes."""
+    if auth is not None and auth.local is not None:
+        _check_builtin_paths(auth, routes)
     for index, policy in policies:
         node = routes.child(index).child("auth")
         if auth is None:
             raise ConfigError(node.source, node.path, "expected a top-level 'auth:' section with issuers "
                               "(the route checks tokens)")
+        if policy.session and auth.sessions is None:
+            raise ConfigError(node.source, f"{node.path}.token.session",
+                              "expected an 'auth.sessions' section (the route reads the session cookie)")
         for position, name in enumerate(policy.issuers or ()):
             if name not in auth.issuers:
                 known = ", ".join(sorted(auth.issuers))
                 raise ConfigError(node.source, f"{node.path}.issuers[{position}]",
                                   f"expected the name of an issuer under auth.issuers ({known}), got {name!r}")
+
+
+def _check_builtin_paths(auth: AuthSpec, routes: Node) -> None:
+    """The token, JWKS, logout and login paths are routes too: one the config already has exactly (same
+    path, a method in common, any host) is a conflict, named here rather than when a worker starts."""
+    from gateway.auth.issuer_config import builtin_routes
+    from gateway.routing.config import parse_routes
+    from gateway.routing.table import RouteTable
+
+    specs = parse_routes(Node(routes.value, routes.source, routes.path))
+    builtins = builtin_routes(auth)
+    try:
+        RouteTable([(spec, None) for spec in [*specs, *(spec for spec, _ in builtins)]], routes.source)
+    except ConfigError as exc:
+        index = int(exc.path.partition("[")[2].partition("]")[0])
+        if index < len(specs):
+            raise
+        key = builtins[index - len(specs)][1]
+        raise ConfigError(routes.source, f"auth.{key}", f"expected a path no route serves exactly already "
+                          f"({builtins[index - len(specs)][0].pattern} is a route's path)") from None
 
 
 # --- applying the policy to verified claims (pure functions, used by the stage) -------------------------

@@ -12,17 +12,24 @@ optional routes too). Then:
 
 The token comes from the first source that has one: ``Authorization: Bearer``, the named cookie, the
 named query parameter (off by default; removed from the query the upstream gets unless
-``keep_authorization``).
+``keep_authorization``); without a token, a route with ``session: true`` reads the login session cookie
+(gateway/auth/sessions.py), which is never passed upstream.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
 from gateway.auth.errors import InsufficientScope, InvalidAuthRequest, InvalidToken, MissingToken
 from gateway.auth.policy import MISSING, RoutePolicy, claim_value, header_value, satisfies
-from gateway.auth.verify import TokenError, Verifier
+from gateway.auth.store import StoreError
+from gateway.auth.verify import TokenError, Verified, Verifier
+from gateway.errors import ServiceUnavailable
 from gateway.exchange import Exchange, Stage
+
+if TYPE_CHECKING:
+    from gateway.auth.sessions import Sessions
 
 Headers = list[tuple[bytes, bytes]]
 AUTHORIZATION = b"authorization"
@@ -32,9 +39,10 @@ COOKIE = b"cookie"
 class AuthStage(Stage):
     """Checks the route's token policy; see the module docstring. Everything is worked out here, once."""
 
-    def __init__(self, policy: RoutePolicy, verifier: Verifier) -> None:
+    def __init__(self, policy: RoutePolicy, verifier: Verifier, sessions: Sessions | None = None) -> None:
         self.policy = policy
         self.verifier = verifier
+        self.sessions = sessions if policy.session else None
         self.required = policy.required
         self.issuers = frozenset(policy.issuers) if policy.issuers is not None else None
         self.bearer = policy.bearer
@@ -53,30 +61,57 @@ class AuthStage(Stage):
         if self.query is not None:
             from_query, scope["query_string"] = self.from_query(scope["query_string"])
             token = token or from_query
-        if token is None:
-            if self.required:
-                raise MissingToken()
-        else:
+        verified: Verified | None = None
+        if self.sessions is not None:
+            session, headers = take_cookie(headers, self.sessions.prefix)
+            if token is None and session is not None:
+                verified = await self.session(session, ex)
+        if token is not None:
             try:
                 verified = self.verifier.cached(token) or await self.verifier.verify(token)
             except TokenError as exc:
                 raise InvalidToken(exc.description) from None
-            if self.issuers is not None and verified.issuer not in self.issuers:
-                raise InvalidToken("token issuer not accepted on this route")
-            claims = verified.claims
-            for name, path, expected in self.claims:
-                value = claim_value(claims, name, path)
-                if value is MISSING or not satisfies(value, expected):
-                    raise InsufficientScope(f"the token's {name} claim does not allow this request")
-            ex.subject = verified.subject
-            for name, path, header in self.forward:
-                value = claim_value(claims, name, path)
-                if value is not MISSING and value is not None:
-                    encoded = header_value(value)
-                    if encoded is not None:
-                        headers.append((header, encoded))
+        if verified is not None:
+            self.admit(verified, ex, headers)
+        elif self.required:
+            raise MissingToken()
         scope["headers"] = headers
         await self.next(ex)  # type: ignore[misc]
+
+    def admit(self, verified: Verified, ex: Exchange, headers: Headers) -> None:
+        """The route's rules for a verified identity: its issuer, its claims; then the subject and the
+        forwarded claim headers."""
+        if self.issuers is not None and verified.issuer not in self.issuers:
+            raise InvalidToken("token issuer not accepted on this route")
+        claims = verified.claims
+        for name, path, expected in self.claims:
+            value = claim_value(claims, name, path)
+            if value is MISSING or not satisfies(value, expected):
+                raise InsufficientScope(f"the token's {name} claim does not allow this request")
+        ex.subject = verified.subject
+        for name, path, header in self.forward:
+            value = claim_value(claims, name, path)
+            if value is not MISSING and value is not None:
+                encoded = header_value(value)
+                if encoded is not None:
+                    headers.append((header, encoded))
+
+    async def session(self, value: bytes, ex: Exchange) -> Verified | None:
+        """The login session of the cookie. One that is not live (expired, ended, forged) is refused on a
+        required route and ignored on an optional one; either way the browser is told to drop it."""
+        sessions = self.sessions
+        assert sessions is not None
+        try:
+            verified = await sessions.authenticate(value, ex)
+        except StoreError:
+            raise ServiceUnavailable("sessions cannot be checked now") from None
+        if verified is None:
+            if self.required:
+                error = InvalidToken("session expired or ended")
+                error.headers = (*error.headers, (b"set-cookie", sessions.cleared))
+                raise error
+            ex.on_response(lambda _, status, headers: headers.append((b"set-cookie", sessions.cleared)))
+        return verified
 
     def credentials(self, headers: Headers) -> tuple[bytes | None, Headers]:
         """The token from Authorization or the cookie, and the headers the upstream may get."""
@@ -140,3 +175,25 @@ def bearer_token(authorization: bytes) -> bytes | None:
     if not token:
         raise InvalidToken("malformed token")
     return token
+
+
+def take_cookie(headers: Headers, prefix: bytes) -> tuple[bytes | None, Headers]:
+    """The value of the cookie ``prefix`` names (``name=``), and the headers without it (a session cookie
+    is a credential: the upstream never gets it)."""
+    found: bytes | None = None
+    kept: Headers = []
+    for item in headers:
+        if item[0] != b"cookie" or prefix not in item[1]:
+            kept.append(item)
+            continue
+        others = []
+        for part in item[1].split(b";"):
+            pair = part.strip()
+            if pair.startswith(prefix):
+                if found is None:
+                    found = pair[len(prefix):].strip(b'"')
+            elif pair:
+                others.append(pair)
+        if others:
+            kept.append((b"cookie", b"; ".join(others)))
+    return found, kept

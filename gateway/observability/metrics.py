@@ -32,11 +32,14 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway._fast.metrics import BUCKETS, HISTOGRAM_WIDTH, METHODS, STATUS_CLASSES, UPSTREAM_CLASSES, Recorder
+from gateway.guards.reasons import REASONS as GUARD_REASONS
+from gateway.guards.reasons import TABLES as GUARD_TABLES
 
 if TYPE_CHECKING:
     from gateway.loader import GatewayConfig
 
 UNMATCHED = "(unmatched)"
+RATELIMIT_DECISIONS = ("allowed", "rejected", "fallback")  # gateway/ratelimit/stage.py writes them in order
 CELL = 8  # bytes per cell (int64)
 BUCKET_LABELS = (*(repr(b) for b in BUCKETS), "+Inf")
 Labels = tuple[str, ...]
@@ -115,11 +118,13 @@ class Schema:
 
     @classmethod
     def for_config(cls, config: GatewayConfig) -> Schema:
-        """The layout every worker of ``config`` writes: route numbers follow ``config.routes`` (then
-        UNMATCHED), target numbers follow ``config.all_upstreams()`` and each upstream's targets."""
-        routes = Dimension.of("route", [*(r.name for r in config.routes), UNMATCHED])
+        """The layout every worker of ``config`` writes: route numbers follow ``config.routes``, then the
+        built-in routes (``config.builtin_routes()``), then UNMATCHED; target numbers follow
+        ``config.all_upstreams()`` and each upstream's targets."""
+        names = [r.name for r in (*config.routes, *config.builtin_routes())]
+        routes = Dimension.of("route", [*names, UNMATCHED])
         targets = Dimension(("upstream", "target"), tuple(
-            (spec.name, target.url) for spec in config.all_upstreams().values() for target in spec.targets))
+            (spec.name, target.url) for spec in config.all_upstreams().values() for target in spec.all_targets))
         schema = cls()
         schema.add("gateway_requests_in_flight", "gauge", "Requests being served.")
         schema.add("gateway_connections_open", "gauge", "Open client connections.")
@@ -142,6 +147,18 @@ class Schema:
         schema.add("gateway_upstream_connections_opened", "counter", "Upstream connections opened.", targets)
         schema.add("gateway_upstream_connections_reused", "counter",
                    "Upstream exchanges served on an already-used connection.", targets)
+        schema.add("gateway_ratelimit_decisions", "counter",
+                   "Rate-limit decisions by route: allowed, rejected (429), fallback (admitted untracked).",
+                   routes, Dimension.of("decision", RATELIMIT_DECISIONS))
+        schema.add("gateway_ratelimit_evictions", "counter",
+                   "Rate-limit table slots taken from the least recently used key (its probe window was full).")
+        schema.add("gateway_guard_rejections", "counter",
+                   "Connections and requests the guards and the protocol's limits turned away, by reason.",
+                   Dimension.of("reason", GUARD_REASONS))
+        schema.add("gateway_guard_bans", "counter", "Temporary bans imposed on clients (each holds host-wide).")
+        schema.add("gateway_guard_table_full", "counter",
+                   "Clients the guards could not track: their slots in a shared table were all taken.",
+                   Dimension.of("table", GUARD_TABLES))
         return schema
 
 

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from gateway.auth.policy import RoutePolicy, parse_route_auth
 from gateway.config import ConfigError, Node
+from gateway.ratelimit.config import parse_route_ratelimit
 
 ROUTE_KEYS = frozenset(
-    {"name", "path", "prefix", "methods", "hosts", "upstream", "strip_prefix", "rewrite", "preserve_host", "auth"}
+    {"name", "path", "prefix", "methods", "hosts", "upstream", "strip_prefix", "rewrite", "preserve_host", "auth",
+     "max_body_bytes", "ratelimit"}
 )
 METHOD = re.compile(r"^[A-Z][A-Z0-9!#$%&'*+.^_`|~-]*\Z")
 HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\Z")
@@ -32,6 +34,8 @@ class RouteSpec:
     rewrite: str | None = None
     preserve_host: bool = False
     auth: RoutePolicy | None = None  # None: no auth stage on this route
+    max_body_bytes: int | None = None  # None: the server's max_body_bytes (gateway.guards.body resolves it)
+    ratelimit: tuple[str, ...] | None = None  # policy names; None: ratelimit.default; (): off
 
 
 def parse_route(node: Node) -> RouteSpec:
@@ -66,6 +70,8 @@ def parse_route(node: Node) -> RouteSpec:
         rewrite=rewrite,
         preserve_host=node.child("preserve_host").boolean(False),
         auth=parse_route_auth(node.child("auth")),
+        max_body_bytes=node.child("max_body_bytes").size(None),
+        ratelimit=parse_route_ratelimit(node.child("ratelimit")),
     )
 
 

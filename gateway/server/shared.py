@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from gateway.loader import GatewayConfig
 
-SEGMENT_FEATURES: tuple[str, ...] = ()  # modules with segment_sizes(config) -> {name: bytes}
+SEGMENT_FEATURES: tuple[str, ...] = ("gateway.upstreams.state", "gateway.ratelimit.runtime",
+                                     "gateway.guards.segment")  # segment_sizes(config)
 
 
 def segment_sizes(config: GatewayConfig) -> dict[str, int]:
@@ -30,6 +31,15 @@ def segment_sizes(config: GatewayConfig) -> dict[str, int]:
     for name in SEGMENT_FEATURES:
         sizes.update(importlib.import_module(name).segment_sizes(config))
     return sizes
+
+
+def worker_exited(segments: Segments, pid: int, config: GatewayConfig) -> None:
+    """After worker ``pid`` exited (crash or drain): features with ``worker_exited(maps, pid, config)``
+    take back what it held in their segments (connection counts, for one)."""
+    for name in SEGMENT_FEATURES:
+        hook = getattr(importlib.import_module(name), "worker_exited", None)
+        if hook is not None:
+            hook(segments.maps, pid, config)
 
 
 class Segments:

@@ -39,8 +39,9 @@ from gateway.admin.features import register_all
 from gateway.config import ConfigError
 from gateway.loader import GatewayConfig, load
 from gateway.observability.metrics import HostMetrics, Schema
-from gateway.server.shared import Segments, segment_sizes
+from gateway.server.shared import Segments, segment_sizes, worker_exited
 from gateway.settings import ServerSettings
+from gateway.upstreams.host import UpstreamsHost
 
 logger = logging.getLogger("gateway.supervisor")
 
@@ -161,6 +162,8 @@ class Supervisor:
         self.metrics.facts = self.metric_facts
         self.segments: Segments | None = None  # host-wide shared memory, made before the first worker
         self.admin: AdminApp | None = None
+        self.upstreams_host = UpstreamsHost()  # shared upstream records, active health checks, gauges
+        self.metrics.registry.register(self.upstreams_host)
 
     # -- start-up -----------------------------------------------------------------------------------
 
@@ -197,6 +200,7 @@ class Supervisor:
         logger.info("gateway serving http://%s:%d with %d workers (%s); admin on http://%s:%d",
                     server.host, self.port, len(self.slots), self.config.source, server.admin_host,
                     self.admin_port)
+        self.prepare_shared(self.config)
         started = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in self.slots))
         for slot, worker in zip(self.slots, started, strict=True):
             slot.worker = worker
@@ -221,6 +225,13 @@ class Supervisor:
         )
 
     # -- workers ------------------------------------------------------------------------------------
+
+    def prepare_shared(self, config: GatewayConfig) -> None:
+        """Before a configuration's workers start: the shared segments exist and the upstream records of
+        ``config`` are in them; its active health checks run (once per host, here)."""
+        if self.segments is None:
+            self.segments = Segments(segment_sizes(self.config))
+        self.upstreams_host.apply(config, self.segments.maps.get("upstreams"))
 
     def document_bytes(self) -> bytes:
         return orjson.dumps(self.config.document)
@@ -288,6 +299,8 @@ class Supervisor:
     async def watch(self, worker: Worker) -> None:
         code = await worker.process.wait()
         self.metrics.detach(worker.pid)  # its counts stay in the host's totals
+        if self.segments is not None:
+            worker_exited(self.segments, worker.pid, self.config)
         if worker.became_ready is not None and not worker.became_ready.done():
             worker.became_ready.set_result(False)
         if worker.exited is not None and not worker.exited.done():
@@ -361,10 +374,12 @@ class Supervisor:
         previous, previous_schema = self.config, self.schema
         self.config, self.schema = config, Schema.for_config(config)
         self.generation += 1
+        self.prepare_shared(config)
         fresh = [await self.spawn(slot, self.generation) for slot in self.slots]
         if not await self.wait_ready(fresh) or self.state != "serving":
             logger.error("reload failed: new workers did not start; still serving the previous configuration")
             self.config, self.schema = previous, previous_schema
+            self.prepare_shared(previous)
             self.metrics.reloads["failure"] += 1
             for worker in fresh:
                 worker.stopping = True
@@ -441,6 +456,7 @@ class Supervisor:
         for task in list(self.tasks):
             task.cancel()
         self.metrics.close()
+        self.upstreams_host.close()
         if self.segments is not None:
             self.segments.close()
         logger.info("stopped")

@@ -26,6 +26,8 @@ import uvicorn
 
 from gateway._fast.protocol import Limits, uvicorn_protocol
 from gateway.app import Gateway
+from gateway.guards.body import protocol_body_limit
+from gateway.guards.runtime import Guard, build_guard
 from gateway.loader import GatewayConfig, from_document
 from gateway.observability.metrics import Schema, WorkerMetrics
 from gateway.server.logs import setup_logging
@@ -72,17 +74,21 @@ def die_with_parent() -> None:
         pass
 
 
-def uvicorn_config(app: Gateway, config: GatewayConfig) -> uvicorn.Config:
+def uvicorn_config(app: Gateway, config: GatewayConfig, guard: Guard | None = None) -> uvicorn.Config:
     server = config.server
     limits = Limits(
         max_header_bytes=server.max_header_bytes,
-        max_body_bytes=server.max_body_bytes,
+        max_body_bytes=protocol_body_limit(server.max_body_bytes, config.routes),  # the largest; stages lower it
         keepalive_timeout=server.keepalive_timeout,
         header_timeout=server.header_timeout,
+        max_header_count=server.max_header_count,
+        min_body_rate=server.min_body_rate,
+        body_rate_grace=server.body_rate_grace,
+        body_rate_window=server.body_rate_window,
     )
     return uvicorn.Config(
         app,
-        http=uvicorn_protocol(app, limits),  # type: ignore[arg-type]
+        http=uvicorn_protocol(app, limits, guard),  # type: ignore[arg-type]
         loop="uvloop",
         lifespan="on",
         interface="asgi3",
@@ -113,7 +119,8 @@ def run(fd: int, ready_fd: int, document: dict[str, Any], metrics_fd: int | None
     app = Gateway(config, WorkerMetrics(Schema.for_config(config), metrics_fd), attach(shared))
     tune_gc(config.server.gc_threshold)
     sock = socket.socket(fileno=fd)
-    server = WorkerServer(uvicorn_config(app, config), ready_fd)
+    guard = build_guard(config, app.shared, app.metrics)  # connection guards (gateway.guards)
+    server = WorkerServer(uvicorn_config(app, config, guard), ready_fd)
     app.count_connections = lambda: len(server.server_state.connections)
     # uvicorn re-raises the signal that stopped it once it is done; a no-op handler makes that a clean exit
     signal.signal(signal.SIGTERM, lambda *_: None)

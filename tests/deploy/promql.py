@@ -36,6 +36,8 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_upstream_connections_opened_total": ("counter", ("upstream", "target")),
     "gateway_upstream_connections_reused_total": ("counter", ("upstream", "target")),
     "gateway_access_log_dropped_total": ("counter", ()),
+    "gateway_ratelimit_evictions_total": ("counter", ()),
+    "gateway_guard_bans_total": ("counter", ()),
     # recorded by the supervisor
     "gateway_workers": ("gauge", ()),
     "gateway_workers_ready": ("gauge", ()),
@@ -43,13 +45,25 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_config_reloads_total": ("counter", ("result",)),
     "gateway_config_generation": ("gauge", ()),
     "gateway_build_info": ("gauge", ("version",)),
+    # read by the supervisor from the shared upstream segment (gateway/upstreams/host.py)
+    "gateway_upstream_target_healthy": ("gauge", ("upstream", "target")),
+    "gateway_upstream_breaker_open": ("gauge", ("upstream", "target")),
+    "gateway_upstream_outstanding_requests": ("gauge", ("upstream", "target")),
+    "gateway_upstream_ejections_total": ("counter", ("upstream", "target")),
+    "gateway_upstream_retries_total": ("counter", ("upstream", "target")),
+    "gateway_upstream_breaker_opens_total": ("counter", ("upstream", "target")),
+    # read by the supervisor from the guards' shared segment (gateway/guards/admin.py)
+    "gateway_bans_active": ("gauge", ()),
+    "gateway_guard_connections": ("gauge", ()),
 }
 # reserved for later features: not emitted yet, dashboards and alerts may use them already
 RESERVED: dict[str, tuple[str, tuple[str, ...]]] = {
+    # emitted once the feature is configured and has counted something (labelled counters start absent)
     "gateway_ratelimit_decisions_total": ("counter", ("route", "decision")),
+    "gateway_guard_rejections_total": ("counter", ("reason",)),
+    "gateway_guard_table_full_total": ("counter", ("table",)),
+    # later features
     "gateway_auth_failures_total": ("counter", ("route", "reason")),
-    "gateway_upstream_target_healthy": ("gauge", ("upstream", "target")),
-    "gateway_upstream_breaker_open": ("gauge", ("upstream", "target")),
     "gateway_redis_up": ("gauge", ()),
 }
 TARGET_LABELS = ("job", "instance")  # added by Prometheus to every scraped series

@@ -238,6 +238,7 @@ def test_targets_are_used_in_turn(start_gateway, upstream_port, second_upstream_
 upstreams:
   pair:
     targets: ["http://127.0.0.1:{upstream_port}", "http://127.0.0.1:{second_upstream_port}"]
+    balancer: round_robin
 routes:
   - {{prefix: /, upstream: pair}}
 """)

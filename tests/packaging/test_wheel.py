@@ -25,7 +25,7 @@ def test_wheel_has_compiled_extensions_and_twins(tmp_path):
                     str(source)], check=True, timeout=600)
     [wheel] = list(wheels.glob("gateway-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("router_c", "protocol_c", "headers_c", "upstream_c", "metrics_c"):
+    for module in ("router_c", "protocol_c", "headers_c", "upstream_c", "metrics_c", "guards_c", "bucket_c"):
         assert any(n.startswith(f"gateway/_fast/{module}.") and n.endswith(".so") for n in names), module
     for twin in ("gateway/_fast/router_py.py", "gateway/_fast/router_c.pxd", "gateway/_fast/router.py",
                  "gateway/cli.py", "gateway/admin/dashboard.html"):

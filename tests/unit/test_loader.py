@@ -13,7 +13,7 @@ from gateway.config import ConfigError
 from gateway.loader import QUICK_SOURCE, GatewayConfig, from_document, load
 from gateway.proxy.target import Target
 from gateway.routing.config import RouteSpec
-from gateway.upstreams.config import UpstreamSpec
+from gateway.upstreams.config import OutlierSpec, RetrySpec, UpstreamSpec
 
 UPSTREAMS = """\
 upstreams:
@@ -163,6 +163,9 @@ def test_full_config(tmp_path: Path) -> None:
             read_timeout=120.0,
             keepalive=16,
             keepalive_timeout=30.0,
+            outlier=OutlierSpec(),  # on by default with several targets, as are retries
+            retries=RetrySpec(),
+            plain=False,
         ),
         "v6": UpstreamSpec("v6", (Target("::1", 9003),)),
     }
@@ -352,7 +355,7 @@ ROUTE_ERRORS = [
     (
         "- {path: /a, upstream: api, paht: /b}",
         "routes[0].paht",
-        "unknown key; expected one of: auth, hosts, methods",
+        "unknown key; expected one of: auth, hosts, max_body_bytes, methods",
     ),
     ("- {path: /a, upstream: 'http://h:1?x=1'}", "routes[0].upstream", "expected an upstream URL like"),
     (
@@ -482,9 +485,9 @@ UPSTREAM_ERRORS = [
         "expected an integer of at least 0",
     ),
     (
-        "api:\n  targets: [http://a]\n  retries: 3",
-        "upstreams.api.retries",
-        "unknown key; expected one of: connect",
+        "api:\n  targets: [http://a]\n  retry: 3",
+        "upstreams.api.retry",
+        "unknown key; expected one of: backup, balancer, circuit_breaker, connect",
     ),
     ("api:", "upstreams.api", "expected a value; the key is missing"),
     ("'my api': http://a", "upstreams.my api", "expected an upstream name of letters, digits, - _ ."),
@@ -514,7 +517,8 @@ def test_upstreams_must_be_a_mapping(tmp_path: Path) -> None:
         (UPSTREAMS, "routes", "expected at least one route"),
         (UPSTREAMS + "routes: []\n", "routes", "expected at least one route"),
         (UPSTREAMS + "routes: {path: /}\n", "routes", "expected a list, got a mapping"),
-        ("rotes: []\n", "rotes", "unknown key; expected one of: auth, routes, server, tracing, upstreams"),
+        ("rotes: []\n", "rotes",
+         "unknown key; expected one of: auth, guards, ratelimit, routes, server, tracing, upstreams"),
         ("server:\n  prot: 1\n", "server.prot", "unknown key; expected one of: access_log"),
         ("server:\n  workers: 0\n", "server.workers", "expected an integer from 1 to 1024, got 0"),
     ],

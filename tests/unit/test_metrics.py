@@ -190,3 +190,24 @@ def test_region_checks_the_size_a_worker_expects(schema: Schema) -> None:
         Region(schema.size + 1, os.dup(region.fd))
     region.close()
     region.close()  # idempotent on the descriptor
+
+
+def test_the_gateways_own_endpoints_have_route_labels(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    from gateway.app import Gateway
+    from gateway.loader import load
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the issuer's host-local state goes there
+    example = Path(__file__).resolve().parents[2] / "examples" / "jwt.yaml"
+    config = load({}, {"config": str(example)})
+    names = [v[0] for v in Schema.for_config(config).families["gateway_requests"].dims[0].values]
+    assert names[-1] == UNMATCHED
+    assert {"auth:token", "auth:jwks"} <= set(names)
+    app = Gateway(config)
+    try:
+        assert names[app.unmatched] == UNMATCHED
+        route, _, _ = app.table.match("localhost", "POST", "/auth/token")
+        assert names[route.metric] == "auth:token"
+    finally:
+        app.close()
