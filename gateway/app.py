@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from gateway._fast.headers import request_info
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
+from gateway.auth.reasons import REASON_INDEX as AUTH_REASON_INDEX
 from gateway.errors import BadRequest, GatewayError, error_body
 from gateway.exchange import Exchange, Stage, chain
 from gateway.guards.body import BodyLimitStage
@@ -192,11 +193,19 @@ class Gateway:
             raise exc
         if exc.status >= 500:
             logger.warning("request %s: %d %s: %s", ex.request_id, exc.status, exc.code, exc.message)
+        reason = getattr(exc, "auth_reason", None)  # an auth failure: counted by route and reason
+        if reason is not None:
+            self.count_auth_failure(ex, reason)
         body = error_body(exc.status, exc.code, exc.message, ex.request_id)
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
         headers.extend(exc.headers)
         await ex.start_response(exc.status, headers)
         await ex.send_body(body, False)
+
+    def count_auth_failure(self, ex: Exchange, reason: str) -> None:
+        family = self.metrics.schema.families["gateway_auth_failures"]
+        route = ex.route.metric if ex.route is not None else self.unmatched
+        self.recorder.add(family.cell(route, AUTH_REASON_INDEX.get(reason, len(AUTH_REASON_INDEX) - 1)), 1)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

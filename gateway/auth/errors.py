@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 
+from gateway.auth.reasons import reason_for
 from gateway.errors import BadRequest, Forbidden, Unauthorized
 
 REALM = "gateway"
@@ -39,6 +40,7 @@ class MissingToken(Unauthorized):
     """No token in any of the route's sources (401 with a bare challenge, no error code)."""
 
     default_message = "a bearer token is required"
+    auth_reason = "missing_token"  # the metrics' reason label (gateway/auth/reasons.py)
 
     def __init__(self) -> None:
         super().__init__(headers=challenge())
@@ -52,6 +54,7 @@ class InvalidToken(Unauthorized):
 
     def __init__(self, description: str) -> None:
         super().__init__(description, headers=challenge("invalid_token", description))
+        self.auth_reason = reason_for(description)
 
 
 class InsufficientScope(Forbidden):
@@ -59,6 +62,7 @@ class InsufficientScope(Forbidden):
 
     code = "insufficient_scope"
     default_message = "the token's claims do not allow this request"
+    auth_reason = "insufficient_scope"
 
     def __init__(self, description: str) -> None:
         super().__init__(description, headers=challenge("insufficient_scope", description))
@@ -68,6 +72,7 @@ class InvalidAuthRequest(BadRequest):
     """Credentials sent in a way that cannot be read unambiguously (400), e.g. two Authorization headers."""
 
     code = "invalid_request"
+    auth_reason = "invalid_request"
 
     def __init__(self, description: str) -> None:
         super().__init__(description, headers=challenge("invalid_request", description))

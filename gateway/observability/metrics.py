@@ -32,6 +32,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from gateway._fast.metrics import BUCKETS, HISTOGRAM_WIDTH, METHODS, STATUS_CLASSES, UPSTREAM_CLASSES, Recorder
+from gateway.auth.reasons import REASONS as AUTH_REASONS
 from gateway.guards.reasons import REASONS as GUARD_REASONS
 from gateway.guards.reasons import TABLES as GUARD_TABLES
 
@@ -152,6 +153,9 @@ class Schema:
                    routes, Dimension.of("decision", RATELIMIT_DECISIONS))
         schema.add("gateway_ratelimit_evictions", "counter",
                    "Rate-limit table slots taken from the least recently used key (its probe window was full).")
+        schema.add("gateway_auth_failures", "counter",
+                   "Requests refused by a route's auth policy (401/403/400), by route and reason.",
+                   routes, Dimension.of("reason", AUTH_REASONS))
         schema.add("gateway_guard_rejections", "counter",
                    "Connections and requests the guards and the protocol's limits turned away, by reason.",
                    Dimension.of("reason", GUARD_REASONS))

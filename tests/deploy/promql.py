@@ -62,8 +62,8 @@ RESERVED: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_ratelimit_decisions_total": ("counter", ("route", "decision")),
     "gateway_guard_rejections_total": ("counter", ("reason",)),
     "gateway_guard_table_full_total": ("counter", ("table",)),
-    # later features
     "gateway_auth_failures_total": ("counter", ("route", "reason")),
+    # later features
     "gateway_redis_up": ("gauge", ()),
 }
 TARGET_LABELS = ("job", "instance")  # added by Prometheus to every scraped series

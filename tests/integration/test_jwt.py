@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ROOT, run_cli
+from tests.integration.conftest import ROOT, run_cli, wait_until
 from tests.unit.test_jwt_support import EC_KEY, RSA_KEY, RSA_KEY_2, JwksServer, jwk, mint
 from tests.unit.test_jwt_support import pem as jwk_pem
 
@@ -133,6 +133,20 @@ def test_tokens_through_the_gateway(start_gateway, upstream_port, jwks):
 
     confused = gw.get("/api/echo", headers={"Authorization": f"Bearer {confusion_token().decode()}"})
     assert (confused.status, confused.json()["message"]) == (401, "algorithm not allowed")
+
+    def failures() -> dict[tuple[str, str], float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        found = {}
+        for family in text_string_to_metric_families(gw.admin("/metrics").body.decode()):
+            for sample in family.samples:
+                if sample.name == "gateway_auth_failures_total":
+                    found[(sample.labels["route"], sample.labels["reason"])] = sample.value
+        return found
+
+    expected = {("prefix:/api", "missing_token"): 1, ("prefix:/api", "expired"): 1,
+                ("prefix:/admin", "insufficient_scope"): 1, ("prefix:/api", "algorithm"): 1}
+    wait_until(lambda: failures() == expected, timeout=5)  # counted by route and reason, host-wide
     gw.stop()
     logs = gw.stderr
     assert token.decode() not in logs and expired.decode() not in logs

@@ -535,3 +535,17 @@ def test_revocation_is_checked_on_verification_and_on_every_hit() -> None:
     with pytest.raises(TokenError, match="token revoked"):
         v.cached(token)
     assert failure(verifier(revocation=revoked), token) == "token revoked"
+
+
+@pytest.mark.parametrize(("description", "reason"), [
+    ("token expired", "expired"), ("token not yet valid", "not_yet_valid"), ("invalid signature", "bad_signature"),
+    ("unknown signing key", "unknown_key"), ("token issuer not accepted on this route", "wrong_issuer"),
+    ("the signing key does not fit the token's algorithm", "algorithm"), ("token revoked", "revoked"),
+    ("token lacks the sub claim", "claims"), ("invalid iat claim", "claims"), ("something new", "other"),
+])
+def test_auth_failure_reasons_are_bounded(description: str, reason: str) -> None:
+    from gateway.auth.errors import InvalidToken
+    from gateway.auth.reasons import REASONS
+
+    error = InvalidToken(description)
+    assert error.auth_reason == reason and reason in REASONS
