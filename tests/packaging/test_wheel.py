@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(600)  # builds seven extensions from a clean copy: over the default 120 s on a busy machine
 def test_wheel_has_compiled_extensions_and_twins(tmp_path):
     source = tmp_path / "src"  # a clean copy: no build outputs of the working tree leak in
     shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(

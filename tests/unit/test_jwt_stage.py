@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -18,8 +19,9 @@ from gateway.exchange import Exchange, Stage
 from gateway.loader import from_document
 from tests.unit.test_jwt_support import ISS, RSA_KEY_2, key_of, mint, verifier
 
+# made at import, and the whole suite reaches these tests minutes later: valid for a day, not 10 minutes
 TOKEN = mint(sub="alice", email="alice@example.com", role="admin", groups=["ops", "dev"], scope="read write",
-             realm_access={"roles": ["editor"]}, level=3)
+             realm_access={"roles": ["editor"]}, level=3, exp=int(time.time()) + 86_400)
 
 
 class Upstream(Stage):
