@@ -109,10 +109,11 @@ class Gateway:
             self.auth = runtime.Auth(config.auth, redis_url=config.server.redis_url)
         self.ratelimit: RateLimiter | None = None
         if config.ratelimit is not None:
-            from gateway.ratelimit.runtime import RateLimiter
+            from gateway.ratelimit.runtime import make_limiter
 
-            self.ratelimit = RateLimiter(config.ratelimit, self.metrics, self.shared.get("ratelimit"),
-                                         config.server.workers)
+            self.ratelimit = make_limiter(config.ratelimit, self.metrics, self.shared, config.server.workers,
+                                          config.server.redis_url)
+            assert self.ratelimit is not None
             self.ratelimit.on_exceeded(offend_on_refusal)  # clients that keep exceeding get banned
         routes = []
         for number, spec in enumerate(config.routes):
@@ -216,8 +217,12 @@ class Gateway:
                 self.sampler = loop.create_task(self.sample_gauges())
                 if self.auth is not None:
                     self.auth.start()  # signing keys fetched and kept fresh in the background
+                if self.ratelimit is not None:
+                    self.ratelimit.start()  # a private table's Redis sync loop (when it has one)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.ratelimit is not None:
+                    await self.ratelimit.close()
                 self.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

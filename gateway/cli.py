@@ -61,6 +61,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
     try:
         config = load(env, flags)
+        if args.command == "check":
+            from gateway.admin.config_state import stored_changes
+
+            config = stored_changes(config)  # what a start would run: the admin API's changes included
     except ConfigError as exc:
         print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -65,6 +65,17 @@ class Exchange:
         self.response_started = True
         return self.send({"type": "http.response.start", "status": status, "headers": headers})
 
+    def switch_protocols(self, headers: Headers, tunnel: object) -> Awaitable[None]:
+        """Answers a WebSocket upgrade with 101 through the response hooks and hands the client's
+        connection to ``tunnel`` (the protocol's ``gateway.tunnel`` message: gateway.realtime)."""
+        if self.response_hooks is not None:
+            for hook in reversed(self.response_hooks):
+                hook(self, 101, headers)
+        headers.append((b"x-request-id", self.request_id.encode("latin-1")))
+        self.status = 101
+        self.response_started = True
+        return self.send({"type": "gateway.tunnel", "status": 101, "headers": headers, "tunnel": tunnel})
+
     def send_body(self, body: bytes, more_body: bool) -> Awaitable[None]:
         self.bytes_sent += len(body)
         message: Message = {"type": "http.response.body", "body": body, "more_body": more_body}

@@ -67,7 +67,8 @@ class GatewayConfig:
         """What ``gateway check`` prints: routes and upstreams, one per line."""
         lines = [f"{self.source}: valid", f"upstreams ({len(self.upstreams)}):"]
         for spec in self.upstreams.values():
-            lines.append(f"  {spec.name}: " + ", ".join(str(t) for t in spec.targets))
+            found = [f"{source.kind} {source.describe()}" for source in spec.sources]  # discovery
+            lines.append(f"  {spec.name}: " + ", ".join([*(str(t) for t in spec.targets), *found]))
         lines.append(f"routes ({len(self.routes)}):")
         for route in self.routes:
             kind = "prefix" if route.prefix else "path"
@@ -79,6 +80,12 @@ class GatewayConfig:
             lines.append(f"tracing: {self.tracing.describe()}")
         if self.auth is not None:
             lines += ["auth issuers:", *(f"  {spec.describe()}" for spec in self.auth.issuers.values())]
+            if self.auth.providers:
+                lines += ["auth providers:", *(f"  {spec.describe()}" for spec in self.auth.providers.values())]
+            login = self.auth.login
+            if login is not None:  # what to register at the provider, and the paths the gateway serves
+                lines.append(f"auth login: provider {login.provider}, redirect URI {login.redirect_uri}, login "
+                             f"{login.login_path}, logout {login.logout_path}")
         if self.guards is not None:
             lines.append(f"guards: {self.guards.describe()}")
         if self.ratelimit is not None:

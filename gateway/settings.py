@@ -72,6 +72,18 @@ def _upstream_url(node: Node) -> str | None:
     return str(value)
 
 
+def _redis_url(node: Node) -> str | None:
+    """A URL gateway/redisconn.py can open; the error never repeats the value (it may hold a password)."""
+    from gateway.redisconn import RedisURLError, parse
+
+    value = str(node.string())  # read only when given (an unset setting keeps its default, None)
+    try:
+        parse(value)
+    except RedisURLError as error:
+        raise ConfigError(node.source, node.path, f"expected a Redis URL: {error}") from None
+    return value
+
+
 def _log_file(node: Node) -> str | None:
     """An absolute path (workers and reloads agree on it) the access log can be appended to."""
     value = node.string(None)
@@ -83,6 +95,34 @@ def _log_file(node: Node) -> str | None:
     problem = check_log_file(path)
     if problem is not None:
         raise ConfigError(node.source, node.path, problem)
+    return path
+
+
+def _state_file(node: Node) -> str | None:
+    """An absolute path in an existing, writable directory (the file itself is made on first use)."""
+    value = node.string(None)
+    if value is None:
+        return None
+    path = os.path.abspath(str(value))
+    directory = os.path.dirname(path)
+    if os.path.isdir(path) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        node.fail("a file path in an existing, writable directory")
+    return path
+
+
+def _secret_file(node: Node) -> str | None:
+    """An absolute path of a readable file holding a secret (its content is checked, never shown)."""
+    value = node.string(None)
+    if value is None:
+        return None
+    path = os.path.abspath(str(value))
+    try:
+        with open(path, "rb") as file:
+            secret = file.read().strip()
+    except OSError as exc:
+        raise ConfigError(node.source, node.path, f"cannot read {path}: {exc.strerror or exc}") from None
+    if not secret:
+        raise ConfigError(node.source, node.path, f"expected a token in {path}; the file is empty")
     return path
 
 
@@ -107,6 +147,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Address of the admin listener (health, readiness, metrics, dashboard, admin endpoints)."),
     Setting("admin_port", _port, 9901,
             "Admin port: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /dashboard`."),
+    Setting("admin_state_file", _state_file, None,
+            "Where admin API changes to routes and upstreams are kept (JSON, replaced atomically), laid over "
+            "the config file at start and on reload; without it `PUT`/`DELETE /config/...` answer 405.",
+            default_doc="none (admin API read-only)"),
+    Setting("admin_token_file", _secret_file, None,
+            "File holding the bearer token every admin `PUT`, `POST` and `DELETE` must send "
+            "(`Authorization: Bearer TOKEN`); read again on reload.", default_doc="none (no token)"),
+    Setting("admin_token", _optional_text, None,
+            "The admin bearer token itself (instead of `admin_token_file`); set it in the environment, "
+            "a flag shows in `ps`.", in_file=False, default_doc="none (no token)"),
     Setting("access_log", lambda n: n.boolean(), True,
             "One JSON line per request (see Access log), on stdout or to `access_log_file`.", flag_type="bool"),
     Setting("access_log_file", _log_file, None,
@@ -147,8 +197,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream", _upstream_url, None,
             "Quick mode: proxy every path to this URL (`http://HOST:PORT`).", in_file=False,
             default_doc="none"),
-    Setting("redis_url", _optional_text, None,
-            "Redis for state shared across hosts (later features); not needed on one host.",
+    Setting("redis_url", _redis_url, None,
+            "Redis for state shared across hosts; not needed on one host. `redis://[:PASSWORD@]HOST:PORT/DB`, "
+            "`rediss://` (TLS), `unix:///PATH`; for rate limits also Sentinel "
+            "(`redis+sentinel://H1:26379,H2:26379/MASTER`) and Cluster (`redis+cluster://H1:6379,H2:6379`), "
+            "see Rate limiting.",
             default_doc="none"),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
@@ -164,6 +217,9 @@ class ServerSettings:
     workers: int = 1
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
+    admin_state_file: str | None = None
+    admin_token_file: str | None = None
+    admin_token: str | None = dataclasses.field(default=None, repr=False)  # a secret: never in a repr
     access_log: bool = True
     access_log_file: str | None = None
     access_log_sample: float = 1.0
@@ -199,6 +255,9 @@ def resolve(
             values[setting.name] = default_workers() if setting.name == "workers" else setting.default
             continue
         values[setting.name] = setting.read(node)
+    if values["admin_token"] is not None and values["admin_token_file"] is not None:
+        raise ConfigError("settings", "admin_token", "expected either GATEWAY_ADMIN_TOKEN (--admin-token) or "
+                          "admin_token_file, not both")
     return ServerSettings(**values)
 
 

@@ -9,8 +9,8 @@ cpdef tuple request_info(list headers)
 @cython.locals(end=Py_ssize_t, colon=Py_ssize_t)
 cpdef str host_of(str header)
 
-@cython.locals(out=bytearray, kept=list, name=bytes, value=bytes, host=bytes, forwarded_for=bytes,
-               length=bytes, connection=bytes, chunked=bint, framing=bytes)
+@cython.locals(parts=list, kept=list, named=frozenset, i=Py_ssize_t, name=bytes, value=bytes, host=bytes,
+               forwarded_for=bytes, length=bytes, connection=bytes, chunked=bint, framing=bytes)
 cpdef tuple request_head(bytes method, bytes target, list headers, bytes client_ip, bytes scheme,
                          bytes request_id, bytes upstream_host, bint preserve_host)
 

@@ -60,18 +60,17 @@ def request_head(  # noqa: PLR0912, PLR0915, PLR0917 - one flat pass with C-type
     request_id: bytes, upstream_host: bytes, preserve_host: bool,
 ) -> tuple[bytes, bytes]:
     """The request line and headers for the upstream, and the body framing: b"" (no body), the
-    Content-Length value, or b"chunked"."""
-    out = bytearray(method)
-    out += b" "
-    out += target
-    out += b" HTTP/1.1\r\n"
-    kept = []
+    Content-Length value, or b"chunked". The head is one join of its parts (one allocation)."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     host = forwarded_for = length = connection = b""
     chunked = False
     for name, value in headers:
         if name not in REQUEST_DROP:
             if b"_" not in name:
-                kept.append((name, value))
+                parts.append(name)
+                parts.append(b": ")
+                parts.append(value)
+                parts.append(b"\r\n")
         elif name == b"host":
             host = value
         elif name == b"x-forwarded-for":  # repeated: a list-valued header
@@ -82,41 +81,42 @@ def request_head(  # noqa: PLR0912, PLR0915, PLR0917 - one flat pass with C-type
             chunked = True  # llhttp accepts it only when chunked comes last
         elif name == b"connection":
             connection = connection + b"," + value if connection else value
-    named = connection_tokens(connection) if connection and connection not in PLAIN_CONNECTION else None
-    for name, value in kept:
-        if not named or name not in named:
-            out += name
-            out += b": "
-            out += value
-            out += b"\r\n"
-    out += b"host: "
-    out += host if (preserve_host and host) else upstream_host
-    out += b"\r\nx-forwarded-for: "
+    if connection and connection not in PLAIN_CONNECTION:  # rare: it names headers to drop as well
+        named = connection_tokens(connection)
+        if named:
+            kept = [method, b" ", target, b" HTTP/1.1\r\n"]
+            for i in range(4, len(parts), 4):
+                if parts[i] not in named:
+                    kept.extend(parts[i:i + 4])
+            parts = kept
+    parts.append(b"host: ")
+    parts.append(host if (preserve_host and host) else upstream_host)
+    parts.append(b"\r\nx-forwarded-for: ")
     if forwarded_for:
-        out += forwarded_for
-        out += b", "
-    out += client_ip
-    out += b"\r\nx-forwarded-proto: "
-    out += scheme
-    out += b"\r\nx-request-id: "
-    out += request_id
-    out += b"\r\n"
+        parts.append(forwarded_for)
+        parts.append(b", ")
+    parts.append(client_ip)
+    parts.append(b"\r\nx-forwarded-proto: ")
+    parts.append(scheme)
+    parts.append(b"\r\nx-request-id: ")
+    parts.append(request_id)
+    parts.append(b"\r\n")
     if host:
-        out += b"x-forwarded-host: "
-        out += host
-        out += b"\r\n"
+        parts.append(b"x-forwarded-host: ")
+        parts.append(host)
+        parts.append(b"\r\n")
     framing = b""
     if chunked:
         framing = b"chunked"
-        out += b"transfer-encoding: chunked\r\n"
+        parts.append(b"transfer-encoding: chunked\r\n")
     elif length:
-        out += b"content-length: "
-        out += length
-        out += b"\r\n"
+        parts.append(b"content-length: ")
+        parts.append(length)
+        parts.append(b"\r\n")
         if length != b"0":
             framing = length
-    out += b"\r\n"
-    return bytes(out), framing
+    parts.append(b"\r\n")
+    return b"".join(parts), framing
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -17,6 +17,7 @@ cdef class RequestCycle:
 
     cpdef void wake(self)
     cpdef bint limit_body(self, Py_ssize_t limit)
+    @cython.locals(head=list)
     cpdef void _start(self, int status, object headers) except *
     cpdef object _send_body(self, bytes body, bint more_body)
 
@@ -32,7 +33,7 @@ cdef class HttpProtocol:
     cdef public Py_ssize_t buffered, head_bytes, content_length, head_size, hosts
     cdef public RequestCycle active, parsing
     cdef public double timer_at, timer_deadline
-    cdef public bytes url, transfer_encoding
+    cdef public bytes url, transfer_encoding, tunnel_early
     cdef public list headers
 
     cpdef void write(self, bytes data) except *

@@ -17,7 +17,13 @@ one costs more per request than the whole gateway does (DESIGN.md) and cannot en
   ``guard.rejected`` hears of every 408/413/431 (metrics, bans) and ``guard.release`` of every close;
 - flow control both ways: request bodies buffer at most ``HIGH_WATER`` bytes before the socket stops
   being read; ``send`` waits while the client's socket buffer is full;
-- every error answered by the gateway carries the JSON body of ``gateway.errors``.
+- every error answered by the gateway carries the JSON body of ``gateway.errors``;
+- WebSocket upgrades (``GET`` with ``Connection: upgrade`` and ``Upgrade: websocket``) reach the app as
+  HTTP requests whose scope carries the ``gateway.tunnel`` extension; the app answers with the ASGI
+  message ``{"type": "gateway.tunnel", "status": 101, "headers": [...], "tunnel": T}`` once the upstream
+  agreed, and the protocol writes that head and hands its transport to ``T.attach(transport, early,
+  on_close)`` (``early``: bytes the client sent after its head; ``on_close``: call it when the
+  connection ends). Every other upgrade (h2c, ...) is served as plain HTTP and the connection closed.
 
 A client that goes away cancels its request's task, so the app (the proxy) releases what it holds.
 ``send`` after a disconnect raises ``ClientDisconnected`` (an OSError, as the ASGI spec asks).
@@ -63,6 +69,7 @@ STATUS_LINES = {
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DISCONNECT: Message = {"type": "http.disconnect"}
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+TUNNEL_EXTENSION: dict[str, Any] = {"gateway.tunnel": {}}  # in the scope of a WebSocket upgrade request (see above)
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -220,6 +227,8 @@ class RequestCycle:
         if kind == "http.response.start" and not self.response_started:
             self._start(message["status"], message.get("headers", ()))
             return DONE
+        if kind == "gateway.tunnel" and not self.response_started:
+            return self.protocol.hand_over(self, message)
         raise RuntimeError(f"unexpected ASGI message {kind!r} in this state of the response")
 
     def _start(self, status: int, headers: Any) -> None:
@@ -228,10 +237,13 @@ class RequestCycle:
             self.no_body = True
         head = [status_line(status)]
         length = None
-        for name, value in headers:
+        for name, value in headers:  # parts of one join: no intermediate bytes per header
             if name == b"content-length":
                 length = int(value)
-            head.append(name + b": " + value + b"\r\n")
+            head.append(name)
+            head.append(b": ")
+            head.append(value)
+            head.append(b"\r\n")
         if length is not None:
             self.expected_length = 0 if self.no_body and not self.head_request else length
         elif not self.no_body:
@@ -313,6 +325,7 @@ class HttpProtocol:
         self.expect_100 = False
         self.shutting_down = False
         self.upgraded = False
+        self.tunnel_early = b""  # bytes a WebSocket client sent after its head, before the 101
         self.lingering = False
         self.error: GatewayError | None = None
         self.guard = guard  # gateway.guards.runtime.Guard, or None (no hooks at all)
@@ -369,13 +382,16 @@ class HttpProtocol:
 
     def data_received(self, data: bytes) -> None:
         if self.upgraded or self.lingering:
+            if self.upgraded and not self.closed:
+                self.keep_early(data)
             return
         if self.head_pending:
             self.head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             self.on_upgrade()
+            self.keep_early(data[exc.args[0]:])
             return
         except httptools.HttpParserError as exc:
             self.fail(self.error or BadRequest(_parser_message(exc)))
@@ -595,6 +611,8 @@ class HttpProtocol:
         if self.transfer_encoding:
             self.check_transfer_encoding(version)
         scope = self.build_scope(method, version)
+        if method == "GET" and parser.should_upgrade() and self.websocket_upgrade():
+            scope["extensions"] = TUNNEL_EXTENSION
         limit = self.limits.max_body_bytes
         if limit and self.content_length > limit:
             self.error = PayloadTooLarge()
@@ -613,6 +631,13 @@ class HttpProtocol:
         else:
             self.pipeline.append(cycle)
             self.pause_reading()
+
+    def websocket_upgrade(self) -> bool:
+        """The request asks to switch to the WebSocket protocol (``Upgrade: websocket``)."""
+        for name, value in self.headers:
+            if name == b"upgrade":
+                return value.strip().lower() == b"websocket"
+        return False
 
     def check_transfer_encoding(self, version: str) -> None:
         """Only ``chunked`` on HTTP/1.1 (llhttp already refused codings that do not end in chunked).
@@ -702,13 +727,55 @@ class HttpProtocol:
             self.parsing = None
 
     def on_upgrade(self) -> None:
-        """A request carried ``Upgrade``: it is answered as plain HTTP/1.1 and the connection closes."""
+        """A request carried ``Upgrade``: unless the app switches it to a tunnel (a WebSocket), it is
+        answered as plain HTTP/1.1 and the connection closes."""
         self.upgraded = True
         cycle = self.parsing or (self.pipeline[-1] if self.pipeline else self.active)
         if cycle is not None:
             cycle.keep_alive = False
             cycle.more_body = False
             cycle.wake()
+
+    def keep_early(self, data: bytes) -> None:
+        """Bytes after an upgrade request's head: kept for a tunnel (a WebSocket client may send frames
+        before it sees the 101), dropped otherwise; reading pauses past ``HIGH_WATER``."""
+        cycle = self.parsing or self.active
+        if not data or cycle is None or "extensions" not in cycle.scope:
+            return
+        self.tunnel_early += data
+        if len(self.tunnel_early) >= HIGH_WATER:
+            self.pause_reading()
+
+    def hand_over(self, cycle: RequestCycle, message: Message) -> Awaitable[None]:
+        """Writes the 101 head and gives the connection to ``message["tunnel"]`` (see the module
+        docstring); this protocol is done with it."""
+        if cycle is not self.active or "extensions" not in cycle.scope:
+            raise RuntimeError("gateway.tunnel is only for the active WebSocket upgrade request")
+        cycle.keep_alive = True  # the 101's own Connection header says what follows; no "close"
+        cycle._start(message.get("status", 101), message.get("headers", ()))
+        cycle.response_complete = True
+        self.active = None
+        self.closed = True  # the tunnel writes from now on
+        self.drop_timer()
+        transport = self.transport
+        transport.write(cycle.head)  # type: ignore[union-attr]
+        cycle.head = b""
+        early, self.tunnel_early = self.tunnel_early, b""
+        self.state.connections.discard(self)
+        tunnel = message["tunnel"]
+        self.state.connections.add(tunnel)  # uvicorn's drain waits for it (until its graceful timeout)
+
+        def on_close() -> None:
+            self.state.connections.discard(tunnel)
+            if self.guard_ticket is not None:
+                self.guard.release(self)
+                self.guard_ticket = None
+
+        if self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()  # type: ignore[union-attr]
+        tunnel.attach(transport, early, on_close)
+        return DONE
 
     # -- running requests ---------------------------------------------------------------------------
 

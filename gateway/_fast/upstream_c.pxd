@@ -11,6 +11,7 @@ cdef class UpstreamConnection:
     cdef public bint close_delimited, read_paused, received_any
     cdef public Py_ssize_t requests, status, buffered
     cdef public list headers, body
+    cdef public bytes upgrade_data
 
     cpdef void begin(self, bint head_request) except *
     cpdef void write(self, bytes data) except *

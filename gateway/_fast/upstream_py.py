@@ -56,6 +56,7 @@ class UpstreamConnection:
         self.buffered = 0
         self.read_paused = False
         self.received_any = False
+        self.upgrade_data = b""  # after a 101: the new protocol's first bytes (for a tunnel)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -81,10 +82,15 @@ class UpstreamConnection:
             self.abort()
             return
         self.received_any = True
+        if self.status == 101 and self.head_done:  # switched protocols: these bytes are not HTTP
+            self.upgrade_data += data
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # 101 Switching Protocols: on_headers_complete ended the exchange, not reusable
+        except httptools.HttpParserUpgrade as exc:
+            # 101 Switching Protocols: on_headers_complete ended the exchange, not reusable; what
+            # follows the head belongs to the new protocol (a tunnel takes it: gateway.realtime)
+            self.upgrade_data = data[exc.args[0]:]
         except httptools.HttpParserError as exc:
             self.failure = UpstreamError(f"the upstream sent a malformed response ({exc})")
             self.abort()

@@ -4,10 +4,13 @@
 serving worker, 503 while starting, draining, or while a slot's worker is down; the body lists workers.
 ``GET /metrics``: the whole host's metrics, Prometheus text format (OpenMetrics when the Accept header asks).
 ``GET /dashboard``: a live HTML page over ``/metrics`` (gateway/admin/dashboard.py).
+With an admin token set (``admin_token`` / ``admin_token_file``, read by gateway/admin/config_api.py), every
+request other than GET and HEAD must carry it as ``Authorization: Bearer TOKEN``, whichever feature serves it.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -46,6 +49,7 @@ class AdminApp:
         self.supervisor = supervisor
         self.exact: dict[str, tuple[tuple[str, ...], AdminHandler]] = {}
         self.prefixes: list[tuple[str, tuple[str, ...], AdminHandler]] = []
+        self.token: bytes | None = None  # admin bearer token for mutating requests (gateway.admin.config_api)
         self.add("/healthz", self.healthz)
         self.add("/readyz", self.readyz)
         self.add("/metrics", self.metrics)
@@ -82,7 +86,22 @@ class AdminApp:
             body = error_body(405, "method_not_allowed", f"use {allow}", new_request_id())
             await respond(send, 405, body, ((b"allow", allow.encode("ascii")),))
             return
+        if scope["method"] not in READ_METHODS and not self.authorized(scope):
+            body = error_body(401, "unauthorized", "send the admin token: Authorization: Bearer TOKEN",
+                              new_request_id())
+            await respond(send, 401, body, ((b"www-authenticate", b'Bearer realm="gateway-admin"'),))
+            return
         await handler(scope, receive, send)
+
+    def authorized(self, scope: Scope) -> bool:
+        """True without a token; else the request must carry it as a bearer token (constant-time check)."""
+        if self.token is None:
+            return True
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.token)
+        return False
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, orjson.dumps({"status": "alive"}))

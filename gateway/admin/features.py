@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from gateway.loader import GatewayConfig
 
 FEATURES: tuple[str, ...] = ("gateway.upstreams.admin", "gateway.auth.admin",
-                               "gateway.guards.admin")  # e.g. "gateway.auth.admin"
+                               "gateway.guards.admin", "gateway.admin.config_api",
+                               "gateway.auth.oidc.providers_admin")  # e.g. "gateway.auth.admin"
 
 
 def register_all(admin: AdminApp, config: GatewayConfig) -> None:

@@ -39,9 +39,11 @@ from gateway.auth.keys import (
     keys_from_file,
     secret_key,
 )
+from gateway.auth.oidc.config import LoginSpec, ProviderSpec, parse_oidc_sections
 from gateway.config import ConfigError, Node
 
-AUTH_KEYS = frozenset({"issuers", "cache_size", "state_dir", "redis_prefix", "issuer", "consumers", "sessions"})
+AUTH_KEYS = frozenset({"issuers", "cache_size", "state_dir", "redis_prefix", "issuer", "consumers", "sessions",
+                       "providers", "login"})
 ISSUER_KEYS = frozenset({
     "issuer", "audiences", "algorithms", "jwks_url", "discovery_url", "keys", "secret", "leeway",
     "required_claims", "jwks_ttl", "jwks_min_ttl", "jwks_max_ttl", "jwks_cooldown", "jwks_timeout",
@@ -116,6 +118,8 @@ class AuthSpec:
     sessions: SessionSpec | None = None
     state_dir: str = ""  # host-local state (key file, sqlite) when there is no Redis
     redis_prefix: str = "gateway:auth:"
+    providers: Mapping[str, ProviderSpec] = field(default_factory=dict)  # OAuth/OIDC (also under issuers)
+    login: LoginSpec | None = None  # login at the edge (gateway/auth/oidc/config.py)
 
 
 def _shown(url: str) -> str:
@@ -130,9 +134,10 @@ def parse_auth(node: Node) -> AuthSpec | None:
         return None
     node.mapping(AUTH_KEYS)
     sections = parse_issuer_sections(node)
+    oidc = parse_oidc_sections(node)
     issuers_node = node.child("issuers")
-    if sections.local is None:
-        issuers_node.required("a mapping of issuer names to their settings (or an 'issuer' section)")
+    if sections.local is None and not oidc.providers:
+        issuers_node.required("a mapping of issuer names to their settings (or an 'issuer' section, or 'providers')")
     issuers: dict[str, IssuerSpec] = {}
     seen: dict[str, str] = {}
     for name, child in issuers_node.mapping(optional=True).items():
@@ -144,11 +149,13 @@ def parse_auth(node: Node) -> AuthSpec | None:
         seen[spec.issuer] = name
     if sections.local is not None:
         _add_local(issuers, seen, sections.local, node.child("issuer"))
+    for name, provider in oidc.providers.items():
+        _add_provider(issuers, seen, provider, node.child("providers").child(name))
     if not issuers:
         issuers_node.fail("at least one issuer")
     cache_size = node.child("cache_size").integer(DEFAULT_CACHE_SIZE, minimum=0, maximum=10_000_000)
     return AuthSpec(issuers, cache_size, sections.local, sections.consumers, sections.sessions, sections.state_dir,
-                    sections.redis_prefix)
+                    sections.redis_prefix, oidc.providers, oidc.login)
 
 
 def _add_local(issuers: dict[str, IssuerSpec], seen: dict[str, str], local: LocalIssuerSpec, node: Node) -> None:
@@ -160,6 +167,22 @@ def _add_local(issuers: dict[str, IssuerSpec], seen: dict[str, str], local: Loca
     issuers[local.name] = IssuerSpec(
         name=local.name, issuer=local.issuer, algorithms=(local.algorithm,),
         audiences=(local.audience,) if local.audience else (), leeway=local.leeway, local=True,
+    )
+
+
+def _add_provider(issuers: dict[str, IssuerSpec], seen: dict[str, str], provider: ProviderSpec, node: Node) -> None:
+    """An OAuth/OIDC provider's JWT access tokens verify like any issuer's, under the provider's name, with
+    keys from the jwks_uri its metadata names (gateway/auth/oidc/discovery.py finds it)."""
+    if provider.name in issuers:
+        raise ConfigError(node.source, node.path, f"a provider name no issuer has ({provider.name} is under "
+                          "auth.issuers or is the issuer's name)")
+    if provider.issuer in seen:
+        node.child("issuer").fail(f"an iss value no other issuer has (issuers.{seen[provider.issuer]} has it)")
+    seen[provider.issuer] = provider.name
+    issuers[provider.name] = IssuerSpec(
+        name=provider.name, issuer=provider.issuer, algorithms=provider.algorithms,
+        audiences=provider.accepted_audiences, discovery_url=provider.discovery_urls()[0],
+        leeway=provider.leeway, jwks_timeout=provider.timeout, ca_file=provider.ca_file,
     )
 
 

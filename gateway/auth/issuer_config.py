@@ -322,13 +322,18 @@ def parse_sessions(node: Node) -> SessionSpec:
 
 
 def builtin_routes(auth: Any) -> list[tuple[Any, str]]:
-    """The issuer's endpoints as routes (``RouteSpec``), each with the config key of its path; none without
-    an issuer. ``auth`` is the ``AuthSpec``."""
+    """The issuer's endpoints and the edge login's (gateway/auth/oidc/login.py) as routes (``RouteSpec``),
+    each with the config key of its path. ``auth`` is the ``AuthSpec``."""
     from gateway.routing.config import RouteSpec
 
+    login: list[tuple[Any, str]] = []
+    if getattr(auth, "login", None) is not None:
+        from gateway.auth.oidc.login import login_routes
+
+        login = list(login_routes(auth.login))
     local: LocalIssuerSpec | None = auth.local
     if local is None:
-        return []
+        return login
     found = [
         (RouteSpec("auth:token", local.token_path, False, "(gateway)", frozenset({"POST"})), "issuer.token_path"),
         (RouteSpec("auth:jwks", local.jwks_path, False, "(gateway)", frozenset({"GET"})), "issuer.jwks_path"),
@@ -337,4 +342,4 @@ def builtin_routes(auth: Any) -> list[tuple[Any, str]]:
     if auth.sessions is not None:
         found.append((RouteSpec("auth:login", auth.sessions.login_path, False, "(gateway)", frozenset({"POST"})),
                       "sessions.login_path"))
-    return found
+    return found + login

@@ -12,6 +12,13 @@ routes:
       claims: {role: admin, groups: [ops]}   # a value: equal (or held by a list); a list: all held
       forward: {sub: X-User-Id, email: X-User-Email}
       keep_authorization: false   # default: Authorization is not sent upstream
+      provider: corp              # an OAuth/OIDC provider (auth.providers): its tokens only; opaque ones are
+                                  # introspected (gateway/auth/oidc/introspection.py)
+      scopes: [orders:read]       # OAuth scopes, per method too (gateway/auth/oidc/scopes.py)
+      methods: {POST: [orders:write]}
+      rules: ["groups contains admin"]
+      relay: client_credentials   # the upstream gets the gateway's own client-credentials token
+      login: true                 # a browser without a session is sent to log in (auth.login)
 ```
 
 This module only reads and checks the policy, and that routes name configured issuers (it imports no
@@ -21,18 +28,21 @@ cryptography, so a config without auth never loads it); the stage that applies i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.auth.oidc.scopes import ScopeRules, parse_scope_rules
 from gateway.config import ConfigError, Node
 
 if TYPE_CHECKING:
     from gateway.auth.config import AuthSpec
 
 MODES = ("required", "optional", "off")
-POLICY_KEYS = frozenset({"mode", "issuers", "token", "claims", "forward", "keep_authorization"})
+POLICY_KEYS = frozenset({"mode", "issuers", "token", "claims", "forward", "keep_authorization", "provider", "scopes",
+                         "methods", "rules", "relay", "login"})
+RELAYS = ("client_credentials",)
 TOKEN_KEYS = frozenset({"bearer", "cookie", "query", "session"})
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+\Z")  # RFC 9110 token, without "_" (the proxy drops those)
 COOKIE_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
@@ -61,6 +71,10 @@ class RoutePolicy:
     forward: tuple[tuple[str, str], ...] = ()  # (claim, lower-case header name)
     keep_authorization: bool = False
     session: bool = False  # the login session cookie of auth.sessions (after the token sources)
+    provider: str | None = None  # an OAuth/OIDC provider: its tokens only (opaque ones introspected)
+    scope_rules: ScopeRules = field(default_factory=ScopeRules)  # scopes (per method) and claim rules
+    relay: str | None = None  # "client_credentials": the upstream gets the gateway's own token
+    login: bool = False  # without credentials a browser is sent to log in (auth.login)
 
 
 def parse_route_auth(node: Node) -> RoutePolicy | None:
@@ -77,9 +91,20 @@ def parse_route_auth(node: Node) -> RoutePolicy | None:
         return None
     bearer, cookie, query, session = _sources(node.child("token"))
     forward = _forward(node.child("forward"))
+    provider = node.child("provider").string(None)
+    issuers = _issuers(node.child("issuers"))
+    if provider is not None:
+        if issuers is not None and provider not in issuers:
+            node.child("provider").fail(f"one of the route's issuers ({', '.join(issuers)}), or leave issuers out")
+        issuers = issuers or (provider,)
+    relay = node.child("relay").choice(RELAYS, None) if node.child("relay").value is not False else None
+    if relay is not None and provider is None:
+        node.child("relay").fail("a route with provider: NAME (whose client credentials are relayed)")
+    if relay is not None and node.child("keep_authorization").value is True:
+        node.child("relay").fail("no relay with keep_authorization: true (the upstream gets one Authorization)")
     return RoutePolicy(
         required=mode == "required",
-        issuers=_issuers(node.child("issuers")),
+        issuers=issuers,
         bearer=bearer,
         cookie=cookie,
         query=query,
@@ -87,6 +112,10 @@ def parse_route_auth(node: Node) -> RoutePolicy | None:
         forward=forward,
         keep_authorization=node.child("keep_authorization").boolean(False),
         session=session,
+        provider=provider,
+        scope_rules=parse_scope_rules(node),
+        relay=relay,
+        login=node.child("login").boolean(False),
     )
 
 
@@ -177,13 +206,14 @@ def _claim_name(node: Node, name: str) -> None:
 def check_route_issuers(policies: list[tuple[int, RoutePolicy]], auth: AuthSpec | None, routes: Node) -> None:
     """Every route that uses auth names only configured issuers (and some issuer exists at all); a route
     reading the session cookie has sessions configured; the issuer's own endpoints fit among the routes."""
-    if auth is not None and auth.local is not None:
+    if auth is not None and (auth.local is not None or auth.login is not None):  # gateway-served paths
         _check_builtin_paths(auth, routes)
     for index, policy in policies:
         node = routes.child(index).child("auth")
         if auth is None:
             raise ConfigError(node.source, node.path, "expected a top-level 'auth:' section with issuers "
                               "(the route checks tokens)")
+        _check_oidc(policy, auth, node)
         if policy.session and auth.sessions is None:
             raise ConfigError(node.source, f"{node.path}.token.session",
                               "expected an 'auth.sessions' section (the route reads the session cookie)")
@@ -192,6 +222,23 @@ def check_route_issuers(policies: list[tuple[int, RoutePolicy]], auth: AuthSpec 
                 known = ", ".join(sorted(auth.issuers))
                 raise ConfigError(node.source, f"{node.path}.issuers[{position}]",
                                   f"expected the name of an issuer under auth.issuers ({known}), got {name!r}")
+
+
+def _check_oidc(policy: RoutePolicy, auth: AuthSpec, node: Node) -> None:
+    """A route's provider is configured (with client credentials when relayed); login needs auth.login."""
+    if policy.provider is not None:
+        provider = auth.providers.get(policy.provider)
+        if provider is None:
+            known = ", ".join(sorted(auth.providers)) or "none are configured"
+            raise ConfigError(node.source, f"{node.path}.provider",
+                              f"expected the name of a provider under auth.providers ({known}), "
+                              f"got {policy.provider!r}")
+        if policy.relay is not None and provider.client_credentials is None:
+            raise ConfigError(node.source, f"{node.path}.relay", f"expected providers.{policy.provider}."
+                              "client_credentials to be set (the token relayed upstream)")
+    if policy.login and auth.login is None:
+        raise ConfigError(node.source, f"{node.path}.login", "expected an 'auth.login' section (the route "
+                          "sends browsers to log in)")
 
 
 def _check_builtin_paths(auth: AuthSpec, routes: Node) -> None:

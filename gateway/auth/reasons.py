@@ -8,8 +8,8 @@ it (pyjwt and cryptography load only when a config uses auth). The errors' descr
 from __future__ import annotations
 
 REASONS = ("missing_token", "expired", "not_yet_valid", "bad_signature", "unknown_key", "wrong_issuer",
-           "wrong_audience", "algorithm", "malformed", "revoked", "claims", "insufficient_scope",
-           "invalid_request", "other")
+           "wrong_audience", "algorithm", "malformed", "revoked", "inactive", "claims", "insufficient_scope",
+           "invalid_request", "login", "other")  # login: a refused login callback (gateway/auth/oidc/login.py)
 REASON_INDEX = {reason: index for index, reason in enumerate(REASONS)}
 _BY_DESCRIPTION = {
     "token expired": "expired",
@@ -28,6 +28,7 @@ _BY_DESCRIPTION = {
     "invalid token header": "malformed",
     "unsupported critical header": "malformed",
     "token revoked": "revoked",
+    "token inactive": "inactive",  # RFC 7662 introspection said active: false
 }
 
 

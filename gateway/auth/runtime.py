@@ -27,6 +27,8 @@ from gateway.exchange import Stage
 
 if TYPE_CHECKING:
     from gateway.auth.issuer_config import LocalIssuerSpec
+    from gateway.auth.oidc.login import EdgeLogin
+    from gateway.auth.oidc.runtime import OidcRuntime
     from gateway.auth.store import Store
     from gateway.routing.config import RouteSpec
 
@@ -102,7 +104,23 @@ class Auth:
                  revocation: Revocation | None = None, redis_url: str | None = None) -> None:
         self.spec = spec
         self.issuer: IssuerRuntime | None = None
+        self.oidc: OidcRuntime | None = None
+        self.login: EdgeLogin | None = None
+        self.login_closing: asyncio.Task[None] | None = None
         chosen = dict(sources or {})
+        if spec.providers:  # OAuth/OIDC providers: their keys through their metadata's jwks_uri
+            from gateway.auth.oidc.runtime import OidcRuntime
+
+            self.oidc = OidcRuntime(spec.providers, spec.issuers, self.forget)
+            for name, provider in self.oidc.providers.items():
+                chosen.setdefault(name, provider.keys)
+            if spec.login is not None:  # login at the edge (gateway/auth/oidc/login.py)
+                from gateway.auth.oidc.login import EdgeLogin
+                from gateway.auth.oidc.login_store import open_login_store
+
+                self.login = EdgeLogin(spec.login, self.oidc.providers[spec.login.provider],
+                                       spec.issuers[spec.login.provider],
+                                       open_login_store(spec.state_dir, redis_url, spec.redis_prefix))
         if spec.local is not None:
             self.issuer = IssuerRuntime(spec, spec.local, redis_url)
             self.issuer.keys.on_withdrawn = self.forget
@@ -127,20 +145,33 @@ class Auth:
 
     def stage(self, policy: RoutePolicy) -> AuthStage:
         """The auth stage of a route with this policy."""
-        return AuthStage(policy, self.verifier, self.issuer.sessions if self.issuer is not None else None)
+        return AuthStage(policy, self.verifier, self.issuer.sessions if self.issuer is not None else None,
+                         oidc=self.oidc.route(policy) if self.oidc is not None else None, login=self.login)
 
     def builtin_routes(self) -> list[tuple[RouteSpec, Stage]]:
-        """The issuer's own endpoints (token, JWKS, logout, login) as routes; none without an issuer."""
-        return self.issuer.routes(self.verifier) if self.issuer is not None else []
+        """The issuer's own endpoints (token, JWKS, logout, login) and the edge login's (login, callback,
+        logout) as routes."""
+        routes = self.issuer.routes(self.verifier) if self.issuer is not None else []
+        return routes + (self.login.routes() if self.login is not None else [])
 
     def start(self) -> None:
         for source in self.sources.values():
             source.start()
         if self.issuer is not None:
             self.issuer.start()
+        if self.oidc is not None:
+            self.oidc.start()
 
     def close(self) -> None:
         for source in self.sources.values():
             source.close()
         if self.issuer is not None:
             self.issuer.close()
+        if self.oidc is not None:
+            self.oidc.close()
+        if self.login is not None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # never started: nothing was opened
+                return
+            self.login_closing = loop.create_task(self.login.close())

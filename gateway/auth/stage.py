@@ -7,13 +7,20 @@ optional routes too). Then:
 
     no token        required: 401 (bare Bearer challenge)    optional: passes on anonymously
     a token         cached verification, else full verification (may await a key refresh)
+                    (opaque, on a route whose provider introspects: RFC 7662 introspection instead)
                     -> issuer allowed on this route? (else 401) -> claims satisfied? (else 403)
-                    -> ex.subject = sub, claims forwarded as headers -> next stage
+                    -> scopes for the method and claim rules? (else 403 insufficient_scope, with the
+                       scopes needed in the challenge; gateway/auth/oidc/scopes.py)
+                    -> ex.subject = sub, claims forwarded as headers
+                    -> relay: the gateway's client-credentials token as Authorization -> next stage
 
 The token comes from the first source that has one: ``Authorization: Bearer``, the named cookie, the
 named query parameter (off by default; removed from the query the upstream gets unless
 ``keep_authorization``); without a token, a route with ``session: true`` reads the login session cookie
-(gateway/auth/sessions.py), which is never passed upstream.
+(gateway/auth/sessions.py), which is never passed upstream; a route with ``login: true`` reads the edge
+login's session cookie the same way (gateway/auth/oidc/login.py; the upstream gets the session's access
+token as ``Authorization: Bearer``) and, without any credential, sends a browser to log in (302) and
+answers anything else 401.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from gateway.errors import ServiceUnavailable
 from gateway.exchange import Exchange, Stage
 
 if TYPE_CHECKING:
+    from gateway.auth.oidc.login import EdgeLogin
+    from gateway.auth.oidc.runtime import RouteOidc
     from gateway.auth.sessions import Sessions
 
 Headers = list[tuple[bytes, bytes]]
@@ -39,8 +48,13 @@ COOKIE = b"cookie"
 class AuthStage(Stage):
     """Checks the route's token policy; see the module docstring. Everything is worked out here, once."""
 
-    def __init__(self, policy: RoutePolicy, verifier: Verifier, sessions: Sessions | None = None) -> None:
+    def __init__(self, policy: RoutePolicy, verifier: Verifier, sessions: Sessions | None = None, *,
+                 oidc: RouteOidc | None = None, login: EdgeLogin | None = None) -> None:
         self.policy = policy
+        self.login = login if policy.login else None  # login at the edge (gateway/auth/oidc/login.py)
+        self.introspector = oidc.introspector if oidc is not None else None
+        self.scopes = oidc.scopes if oidc is not None else None
+        self.relay = oidc.credentials if oidc is not None else None
         self.verifier = verifier
         self.sessions = sessions if policy.session else None
         self.required = policy.required
@@ -66,17 +80,36 @@ class AuthStage(Stage):
             session, headers = take_cookie(headers, self.sessions.prefix)
             if token is None and session is not None:
                 verified = await self.session(session, ex)
+        if self.login is not None:  # its cookie is a credential too: never passed upstream
+            login_cookie, headers = take_cookie(headers, self.login.prefix)
+            if token is None and verified is None and login_cookie is not None:
+                verified, access = await self.login_session(login_cookie, ex)
+                if access is not None and not self.keep_authorization:  # the user's token, for the upstream
+                    headers.append((AUTHORIZATION, b"Bearer " + access))
         if token is not None:
             try:
-                verified = self.verifier.cached(token) or await self.verifier.verify(token)
+                verified = self.verifier.cached(token) or await self.verify(token)
             except TokenError as exc:
                 raise InvalidToken(exc.description) from None
         if verified is not None:
             self.admit(verified, ex, headers)
         elif self.required:
+            if self.login is not None:
+                self.login.challenge(ex)  # a browser is sent to log in; anything else gets 401
             raise MissingToken()
+        if self.relay is not None:  # token relay: the upstream gets the gateway's own token
+            relayed = await self.relay.token()
+            headers = [item for item in headers if item[0] != AUTHORIZATION]
+            headers.append((AUTHORIZATION, b"Bearer " + relayed))
         scope["headers"] = headers
         await self.next(ex)  # type: ignore[misc]
+
+    async def verify(self, token: bytes) -> Verified:
+        """A JWT by the verifier; an opaque token (not three parts) by introspection, where the route's
+        provider has it."""
+        if self.introspector is not None and token.count(b".") != 2:
+            return await self.introspector.verify(token)
+        return await self.verifier.verify(token)
 
     def admit(self, verified: Verified, ex: Exchange, headers: Headers) -> None:
         """The route's rules for a verified identity: its issuer, its claims; then the subject and the
@@ -88,6 +121,8 @@ class AuthStage(Stage):
             value = claim_value(claims, name, path)
             if value is MISSING or not satisfies(value, expected):
                 raise InsufficientScope(f"the token's {name} claim does not allow this request")
+        if self.scopes is not None:
+            self.scopes.check(ex.scope["method"], claims)
         ex.subject = verified.subject
         for name, path, header in self.forward:
             value = claim_value(claims, name, path)
@@ -112,6 +147,17 @@ class AuthStage(Stage):
                 raise error
             ex.on_response(lambda _, status, headers: headers.append((b"set-cookie", sessions.cleared)))
         return verified
+
+    async def login_session(self, value: bytes, ex: Exchange) -> tuple[Verified | None, bytes | None]:
+        """The edge login session of the cookie (tokens refreshed when due) and its access token; one that
+        is not live is ignored and the browser told to drop it."""
+        login = self.login
+        assert login is not None
+        found = await login.authenticate(value, ex)
+        if found is None:
+            ex.on_response(lambda _, status, headers: headers.append((b"set-cookie", login.cleared)))
+            return None, None
+        return found
 
     def credentials(self, headers: Headers) -> tuple[bytes | None, Headers]:
         """The token from Authorization or the cookie, and the headers the upstream may get."""

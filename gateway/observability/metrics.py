@@ -151,6 +151,10 @@ class Schema:
         schema.add("gateway_ratelimit_decisions", "counter",
                    "Rate-limit decisions by route: allowed, rejected (429), fallback (admitted untracked).",
                    routes, Dimension.of("decision", RATELIMIT_DECISIONS))
+        schema.add("gateway_ratelimit_degraded_decisions", "counter",
+                   "Rate-limit decisions made while the limiter's Redis was unavailable (on_store_error in "
+                   "effect), by route: allowed or rejected (also counted in gateway_ratelimit_decisions).",
+                   routes, Dimension.of("decision", ("allowed", "rejected")))
         schema.add("gateway_ratelimit_evictions", "counter",
                    "Rate-limit table slots taken from the least recently used key (its probe window was full).")
         schema.add("gateway_auth_failures", "counter",

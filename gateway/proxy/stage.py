@@ -7,6 +7,9 @@ behind it.
 Failures before the response starts become 502 (refused, reset, malformed) or 504 (timeout). A reused
 keep-alive connection that fails before any response byte is retried once on a fresh connection when the
 request is idempotent and has no body, since the upstream may simply have closed it while idle.
+
+A WebSocket upgrade goes upstream with its ``Upgrade`` header; on the upstream's 101 the exchange becomes
+a byte tunnel (gateway.realtime.tunnel).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gateway._fast.protocol import ClientDisconnected
 from gateway.exchange import Exchange, Stage
 from gateway.proxy.pool import Pool
 from gateway.proxy.upstream import UpstreamConnection, UpstreamError
+from gateway.realtime.tunnel import switch
 from gateway.routing.paths import Rewriter
 from gateway.upstreams.upstream import Upstream
 
@@ -76,6 +80,9 @@ class ProxyStage(Stage):
                 raise
             break
         try:
+            if conn.status == 101:  # a WebSocket upgrade the upstream accepted
+                started = await self.tunnel(ex, conn, started)
+                return
             await ex.start_response(conn.status, response_headers(conn.headers))
             data, done = conn.take_body()
             while not done:  # the body, copied to the client as it arrives
@@ -87,6 +94,16 @@ class ProxyStage(Stage):
         finally:
             self.finish(pool, conn, pump)
             self.measure(ex, pool, conn.status, started)
+
+    async def tunnel(self, ex: Exchange, conn: UpstreamConnection, started: float) -> float:
+        """Runs the WebSocket tunnel to its end; returns ``started`` moved on by the tunnel's lifetime,
+        so the upstream's latency (metrics, balancing) is its handshake, not the session."""
+        switched = perf_counter()
+        try:
+            await switch(ex, conn, self.upstream.spec.websocket_idle_timeout)
+        finally:
+            started += perf_counter() - switched
+        return started
 
     def measure(self, ex: Exchange, pool: Pool, status: int, started: float) -> None:
         """Records the upstream exchange (``status`` 0: no response) and its time on the exchange."""
@@ -149,9 +166,13 @@ class ProxyStage(Stage):
         """The request line and headers for the upstream, and the body framing (b"", length or chunked)."""
         scope = ex.scope
         client = scope["client"]
-        return request_head(method.encode("ascii"), target, scope["headers"],
-                            client[0].encode("ascii") if client else b"unknown", scope["scheme"].encode("ascii"),
-                            ex.request_id.encode("latin-1"), pool.host_header, self.preserve_host)
+        head, framing = request_head(method.encode("ascii"), target, scope["headers"],
+                                     client[0].encode("ascii") if client else b"unknown",
+                                     scope["scheme"].encode("ascii"), ex.request_id.encode("latin-1"),
+                                     pool.host_header, self.preserve_host)
+        if "extensions" in scope:  # a WebSocket upgrade (the protocol's gateway.tunnel): ask for it upstream
+            head = head[:-2] + b"connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+        return head, framing
 
 
 def _frame(body: bytes, chunked: bool) -> bytes:

@@ -5,6 +5,12 @@ ratelimit:
   trusted_hops: 0          # X-Forwarded-For entries added by proxies you run (0: the socket's peer)
   headers: x-ratelimit     # x-ratelimit (default) | draft (RateLimit-Policy, RateLimit) | both | none
   table_slots: 65536       # keys the host's shared table holds (64 bytes each; least recently used evicted)
+  redis:                   # across hosts, when server.redis_url (GATEWAY_REDIS_URL) is set
+    sync_interval: 20ms    # each host pushes its counts and pulls the others' this often (10-50ms)
+    on_store_error: local  # local (the host's share of each limit) | open (admit) | closed (503)
+    timeout: 50ms          # of each Redis call; a failure opens the breaker (no Redis call while open)
+    breaker_cooldown: 1s   # how long the breaker stays open before one call tries Redis again
+    prefix: "gateway:rl:"  # of every key the limiter writes
   default: [per-ip]        # policies of routes without their own ratelimit key
   policies:
     per-ip:
@@ -12,6 +18,7 @@ ratelimit:
       limits:              # every limit must admit the request (a refusal takes back the others' units)
         - {rate: 20/s, burst: 40}                           # GCRA (the default algorithm)
         - {rate: 10000/day, algorithm: sliding_window}     # or fixed_window
+        - {rate: 5/m, mode: sync, name: strict}            # one atomic Redis check per request
     per-plan:
       key: [api_key, route]
       tier: {header: X-Plan, default: free}                 # the header's value picks the tier's limits
@@ -37,9 +44,12 @@ from dataclasses import dataclass, field
 
 from gateway.config import ConfigError, Node
 
-SECTION_KEYS = frozenset({"trusted_hops", "headers", "table_slots", "default", "policies"})
+SECTION_KEYS = frozenset({"trusted_hops", "headers", "table_slots", "default", "policies", "redis"})
+REDIS_KEYS = frozenset({"sync_interval", "on_store_error", "timeout", "breaker_cooldown", "prefix"})
 POLICY_KEYS = frozenset({"key", "limits", "tier", "tiers"})
-LIMIT_KEYS = frozenset({"rate", "burst", "algorithm", "name"})
+LIMIT_KEYS = frozenset({"rate", "burst", "algorithm", "name", "mode"})
+MODES = ("async", "sync")  # async: decided in the host's table, reconciled through Redis; sync: in Redis
+STORE_ERRORS = ("local", "open", "closed")
 TIER_KEYS = frozenset({"header", "default"})
 ALGORITHMS = ("gcra", "sliding_window", "fixed_window")
 HEADER_MODES = ("x-ratelimit", "draft", "both", "none")
@@ -69,6 +79,7 @@ class LimitSpec:
     burst: int
     rate: str  # as written, for messages
     policy: str = ""  # the policy it belongs to
+    mode: str = "async"  # sync: one atomic Redis call per request (when Redis is configured)
 
     @property
     def seed(self) -> int:
@@ -115,6 +126,17 @@ class PolicySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisSpec:
+    """``ratelimit.redis``: how limits are shared across hosts (used when ``server.redis_url`` is set)."""
+
+    sync_interval: float = 0.02  # seconds
+    on_store_error: str = "local"
+    timeout: float = 0.05
+    breaker_cooldown: float = 1.0
+    prefix: str = "gateway:rl:"
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimitSpec:
     """The ``ratelimit:`` section."""
 
@@ -123,11 +145,17 @@ class RateLimitSpec:
     trusted_hops: int = 0
     headers: str = "x-ratelimit"
     table_slots: int = DEFAULT_TABLE_SLOTS
+    redis: RedisSpec = field(default_factory=RedisSpec)
+
+    def all_limits(self) -> dict[int, LimitSpec]:
+        """Every configured limit by seed."""
+        return {limit.seed: limit for policy in self.policies.values() for limit in policy.all_limits()}
 
 
 def _limit_text(limit: LimitSpec) -> str:
     burst = f" burst {limit.burst}" if limit.algorithm == "gcra" else ""
-    return f"{limit.rate}{burst} ({limit.algorithm})"
+    mode = ", sync" if limit.mode == "sync" else ""
+    return f"{limit.rate}{burst} ({limit.algorithm}{mode})"
 
 
 def parse_ratelimit(node: Node) -> RateLimitSpec | None:
@@ -151,6 +179,30 @@ def parse_ratelimit(node: Node) -> RateLimitSpec | None:
         trusted_hops=node.child("trusted_hops").integer(0, minimum=0, maximum=32),
         headers=node.child("headers").choice(HEADER_MODES, "x-ratelimit"),
         table_slots=node.child("table_slots").integer(DEFAULT_TABLE_SLOTS, minimum=8, maximum=MAX_TABLE_SLOTS),
+        redis=parse_redis(node.child("redis")),
+    )
+
+
+def parse_redis(node: Node) -> RedisSpec:
+    """``ratelimit.redis`` (absent: the defaults)."""
+    node.mapping(REDIS_KEYS, optional=True)
+    interval = node.child("sync_interval")
+    sync_interval = interval.duration(0.02)
+    if not 0.001 <= sync_interval <= 10:
+        interval.fail("a sync interval from 1ms to 10s (10ms to 50ms recommended)")
+    timeout = node.child("timeout")
+    seconds = timeout.duration(0.05)
+    if seconds > 10:
+        timeout.fail("a timeout of at most 10s (Redis calls should fail fast)")
+    prefix = node.child("prefix").string("gateway:rl:")
+    if "{" in prefix or "}" in prefix:
+        node.child("prefix").fail("a prefix without { or } (the limiter adds its own hash tags)")
+    return RedisSpec(
+        sync_interval=sync_interval,
+        on_store_error=node.child("on_store_error").choice(STORE_ERRORS, "local"),
+        timeout=seconds,
+        breaker_cooldown=node.child("breaker_cooldown").duration(1.0),
+        prefix=prefix,
     )
 
 
@@ -222,6 +274,7 @@ def parse_limit(node: Node, policy: str, default_name: str) -> LimitSpec:
     rate_node = node.child("rate").required("a rate like 20/s, 600/m or 10000/day")
     limit, period_ns = parse_rate(rate_node)
     algorithm = node.child("algorithm").choice(ALGORITHMS, "gcra")
+    mode = node.child("mode").choice(MODES, "async")
     name_node = node.child("name")
     name = name_node.string(default_name)
     if not NAME.match(name):
@@ -232,13 +285,13 @@ def parse_limit(node: Node, policy: str, default_name: str) -> LimitSpec:
             burst_node.fail(f"no burst: it applies to the gcra algorithm only, not {algorithm}")
         if limit > MAX_WINDOW_LIMIT:
             rate_node.fail(f"at most {MAX_WINDOW_LIMIT} requests per window for {algorithm} (gcra has no cap)")
-        return LimitSpec(name, algorithm, limit, period_ns, 1, rate_node.value, policy)
+        return LimitSpec(name, algorithm, limit, period_ns, 1, rate_node.value, policy, mode)
     if limit > period_ns:
         rate_node.fail("at most one request per nanosecond")
     burst = burst_node.integer(limit, minimum=1)
     if burst * (period_ns // limit) > MAX_TOLERANCE_NS:
         burst_node.fail("a smaller burst: burst x (period / rate) must stay under about 31 years")
-    return LimitSpec(name, algorithm, limit, period_ns, burst, rate_node.value, policy)
+    return LimitSpec(name, algorithm, limit, period_ns, burst, rate_node.value, policy, mode)
 
 
 def parse_rate(node: Node) -> tuple[int, int]:
@@ -311,6 +364,9 @@ def describe(spec: RateLimitSpec) -> list[str]:
     """``gateway check``'s lines for the section."""
     lines = [f"rate limits (trusted_hops {spec.trusted_hops}, headers {spec.headers}, "
              f"table {spec.table_slots} slots, default: {', '.join(spec.default) or 'none'}):"]
+    redis = spec.redis
+    lines.append(f"  across hosts through server.redis_url when set: sync every {redis.sync_interval * 1000:g}ms, "
+                 f"on_store_error {redis.on_store_error}, timeout {redis.timeout * 1000:g}ms")
     lines += [f"  {policy.describe()}" for policy in spec.policies.values()]
     return lines
 

@@ -10,6 +10,16 @@
 The table's clock is read once per request. Every decision is counted per route in
 ``gateway_ratelimit_decisions_total{decision=allowed|rejected|fallback}`` ("fallback": admitted without a
 decision, because no slot could be had for the key).
+
+With Redis (gateway/ratelimit/sync.py, store.py): a limit with ``mode: sync`` is decided by one Redis
+script per request, after the table's limits (so a request the table refuses costs no round trip); a
+refusal there gives back the units already taken, here and in Redis. While the store is unavailable
+(the table's STORE_STATE word, set by the host's sync loop, or a synchronous limit's own breaker)
+``on_store_error`` decides: ``local`` keeps deciding in the table (the sync loop holds each host to its
+share), ``open`` admits every request but still counts it in the table (so the outage's admissions reach
+Redis once it answers again and recovery admits no burst), ``closed`` answers 503 ``ratelimit_unavailable``
+(not 429: the client did not exceed anything). Those decisions are also counted in
+``gateway_ratelimit_degraded_decisions_total{decision=allowed|rejected}``.
 """
 
 from __future__ import annotations
@@ -17,11 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from gateway._fast.bucket import ADMITTED, REJECTED, Limit
 from gateway._fast.metrics import Recorder
-from gateway.errors import TooManyRequests
+from gateway.errors import ServiceUnavailable, TooManyRequests
 from gateway.exchange import Exchange, Headers, Stage
 from gateway.ratelimit.config import LimitSpec, PolicySpec
 from gateway.ratelimit.keys import NO_HEADERS, KeyMaker
@@ -41,6 +51,17 @@ RETRY_AFTER = b"retry-after"
 ExceededListener = Callable[[Exchange, PolicySpec, LimitSpec, int], None]
 
 
+STORE_STATE = 6  # the table's header word the sync loop sets while Redis is unavailable (sync.py)
+HOSTS_WORD = 7  # and the live hosts it last counted: the share each host keeps to in fallback
+
+
+class RateLimiterUnavailable(ServiceUnavailable):
+    """``on_store_error: closed`` while the limiter's Redis is unavailable (503, not 429)."""
+
+    code = "ratelimit_unavailable"
+    default_message = "the rate limiter's store is unavailable; try again shortly"
+
+
 def seconds(ns: int) -> int:
     """Whole seconds, rounded up (a client told to wait must not come back early)."""
     return -(-ns // NS)
@@ -54,12 +75,29 @@ class Applied:
     bucket: Limit
     quota: bytes  # X-RateLimit-Limit
     policy_item: bytes  # this limit's RateLimit-Policy item
+    remote: Any = None  # a RemoteLimit (gateway/ratelimit/store.py) for a ``mode: sync`` limit with Redis
 
     @classmethod
-    def of(cls, spec: LimitSpec, bucket: Limit) -> Applied:
+    def of(cls, spec: LimitSpec, bucket: Limit, remote: Any = None) -> Applied:
         quota = bucket.quota
         window = max(seconds(bucket.span), 1)
-        return cls(spec, bucket, b"%d" % quota, b'"%s";q=%d;w=%d' % (spec.name.encode(), quota, window))
+        return cls(spec, bucket, b"%d" % quota, b'"%s";q=%d;w=%d' % (spec.name.encode(), quota, window), remote)
+
+
+class Deferred:
+    """A request's decision waiting on Redis: the table's part is done (``taken``), ``remote`` is left."""
+
+    __slots__ = ("now", "remaining", "remote", "reset", "taken", "tightest", "untracked")
+
+    def __init__(self, now: int, taken: list[Applied], remote: list[tuple[Policy, Applied, bytes]], *,
+                 tightest: Applied | None, remaining: int, reset: int, untracked: bool) -> None:
+        self.now = now
+        self.taken = taken
+        self.tightest = tightest
+        self.remaining = remaining
+        self.reset = reset
+        self.remote = remote
+        self.untracked = untracked
 
 
 class Policy:
@@ -112,7 +150,8 @@ class RateLimitStage(Stage):
     """Checks a route's policies; see the module docstring."""
 
     def __init__(self, policies: tuple[Policy, ...], now: Callable[[], int], recorder: Recorder, cell: int, *,
-                 headers: str, listeners: list[ExceededListener]) -> None:
+                 headers: str, listeners: list[ExceededListener], store_state: Any = None,
+                 on_store_error: str = "local", degraded_cell: int = -1) -> None:
         self.policies = policies
         self.now = now
         self.recorder = recorder
@@ -121,34 +160,64 @@ class RateLimitStage(Stage):
         self.report = headers != "none"
         self.listeners = listeners  # shared with the limiter: listeners added later are heard too
         self.warned = False
+        self.store_state = store_state  # the table's words when a sync loop may set STORE_STATE, else None
+        self.on_store_error = on_store_error
+        self.degraded_allowed, self.degraded_rejected = degraded_cell, degraded_cell + 1
 
     async def __call__(self, ex: Exchange) -> None:
-        self.check(ex)
+        deferred = self.check(ex)
+        if deferred is not None:
+            await self.check_remote(ex, deferred)
         await self.next(ex)  # type: ignore[misc]
 
-    def check(self, ex: Exchange) -> None:
-        """Takes a unit from every limit, or none; raises TooManyRequests on a refusal."""
+    def check(self, ex: Exchange) -> Deferred | None:
+        """Takes a unit from every limit, or none; raises TooManyRequests on a refusal. Returns what is
+        left to decide in Redis (``mode: sync`` limits), if anything."""
         now = self.now()
+        degraded = self.store_state is not None and self.store_state[STORE_STATE] != 0
+        if degraded and self.on_store_error == "closed":
+            self.unavailable()
+        admit_all = degraded and self.on_store_error == "open"
         taken: list[Applied] = []
         tightest: Applied | None = None
         remaining = reset = 0
         untracked = False
+        remote: list[tuple[Policy, Applied, bytes]] = []
         for policy in self.policies:
             keys = policy.keys
             headers = keys.values(ex) if keys.headers else NO_HEADERS
             key = keys.make(ex, headers)
             for applied in policy.limits if policy.tier_header is None else policy.pick(headers):
+                if applied.remote is not None and not degraded:
+                    remote.append((policy, applied, key))
+                    continue
                 bucket = applied.bucket
                 result = bucket.take(key, now)
                 if result != ADMITTED:
+                    if result == REJECTED and admit_all:
+                        continue  # on_store_error: open (counted in the table all the same)
                     if result == REJECTED:
+                        if degraded:
+                            self.recorder.add(self.degraded_rejected, 1)
                         self.refuse(ex, policy, applied, taken, now)
                     untracked = True  # UNTRACKED: admitted without a decision
                     continue
                 taken.append(applied)
                 left = bucket.remaining
+                if degraded:
+                    left = self.share(bucket, now, left)
                 if tightest is None or left < remaining:
                     tightest, remaining, reset = applied, left, bucket.reset
+        if remote:
+            return Deferred(now, taken, remote, tightest=tightest, remaining=remaining, reset=reset,
+                            untracked=untracked)
+        if degraded:
+            self.recorder.add(self.degraded_allowed, 1)
+        self.admitted(ex, taken, untracked=untracked, tightest=tightest, remaining=remaining, reset=reset)
+        return None
+
+    def admitted(self, ex: Exchange, taken: list[Applied], *, untracked: bool, tightest: Applied | None,
+                 remaining: int, reset: int) -> None:
         if untracked:
             self.fallback()
         else:
@@ -156,11 +225,70 @@ class RateLimitStage(Stage):
         if self.report and tightest is not None:
             ex.on_response(Report(self.headers, tightest, remaining, reset, taken))
 
-    def refuse(self, ex: Exchange, policy: Policy, applied: Applied, taken: list[Applied], now: int) -> NoReturn:
+    def share(self, bucket: Limit, now: int, left: int) -> int:
+        """``on_store_error: local`` while Redis is unavailable: the unit just admitted counts once per live
+        host, so this host keeps to its share of the limit (limit / hosts); the units left, likewise."""
+        hosts = self.store_state[HOSTS_WORD] if self.store_state is not None else 1
+        if hosts <= 1 or self.on_store_error != "local":
+            return left
+        bucket.absorb(bucket.slot, hosts - 1, now)
+        return left // hosts
+
+    def unavailable(self) -> NoReturn:
+        """``on_store_error: closed`` while the store is unavailable: 503."""
+        self.recorder.add(self.degraded_rejected, 1)
+        self.recorder.add(self.rejected_cell, 1)
+        raise RateLimiterUnavailable(headers=((RETRY_AFTER, b"1"),))
+
+    async def check_remote(self, ex: Exchange, deferred: Deferred) -> None:
+        """The ``mode: sync`` limits, one Redis script each; Redis unavailable: ``on_store_error``."""
+        now = deferred.now
+        taken = deferred.taken
+        done: list[tuple[Applied, bytes]] = []
+        tightest, remaining, reset = deferred.tightest, deferred.remaining, deferred.reset
+        degraded = False
+        for policy, applied, key in deferred.remote:
+            remote = applied.remote
+            result = await remote.take(key, now)
+            if result is None:  # Redis unavailable
+                degraded = True
+                if self.on_store_error == "closed":
+                    await self.give_back(done, now)
+                    for unit in taken:
+                        unit.bucket.refund(now)
+                    self.unavailable()
+                local = applied.bucket.take(key, now)  # counted here, pushed to Redis once it answers
+                if local == REJECTED and self.on_store_error == "local":
+                    self.recorder.add(self.degraded_rejected, 1)
+                    await self.give_back(done, now)
+                    self.refuse(ex, policy, applied, taken, now)
+                if local == ADMITTED:
+                    taken.append(applied)
+                    left = self.share(applied.bucket, now, applied.bucket.remaining)
+                    if tightest is None or left < remaining:
+                        tightest, remaining, reset = applied, left, applied.bucket.reset
+                continue
+            if not result:
+                await self.give_back(done, now)
+                self.refuse(ex, policy, applied, taken, now, decided=remote)
+            done.append((applied, key))
+            if tightest is None or remote.remaining < remaining:
+                tightest, remaining, reset = applied, remote.remaining, remote.reset
+        if degraded:
+            self.recorder.add(self.degraded_allowed, 1)
+        self.admitted(ex, [*taken, *(a for a, _ in done)], untracked=deferred.untracked, tightest=tightest,
+                      remaining=remaining, reset=reset)
+
+    async def give_back(self, done: list[tuple[Applied, bytes]], now: int) -> None:
+        for applied, key in done:
+            await applied.remote.refund(key, now)
+
+    def refuse(self, ex: Exchange, policy: Policy, applied: Applied, taken: list[Applied], now: int, *,
+               decided: Any = None) -> NoReturn:
         """Gives back this request's units, tells the listeners, answers 429."""
         for done in taken:
             done.bucket.refund(now)
-        bucket = applied.bucket
+        bucket = decided if decided is not None else applied.bucket
         wait, reset, strikes = bucket.wait, bucket.reset, bucket.strikes
         self.recorder.add(self.rejected_cell, 1)
         for listener in self.listeners:

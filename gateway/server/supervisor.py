@@ -11,6 +11,11 @@ them serve, the old ones are told to drain (SIGTERM). Old and new accept from th
 moment, so no connection is refused and no request fails. Settings of the listeners themselves (host,
 port, workers, backlog, admin address) take effect at the next restart.
 
+Live changes. SIGHUP, the admin API and service discovery all go through ``reconfigure``: the base
+configuration (the file, read again on SIGHUP) with every layer applied on top (gateway.server.layers),
+validated, then rolled out as above; one change at a time, and nothing rolled when the result equals what
+runs.
+
 Crashes. A worker that exits unasked is restarted, after a delay that doubles while it keeps crashing
 (from 0.1 s up to 10 s, reset once a worker has lived 10 s). The other slots keep serving meanwhile.
 """
@@ -39,6 +44,8 @@ from gateway.admin.features import register_all
 from gateway.config import ConfigError
 from gateway.loader import GatewayConfig, load
 from gateway.observability.metrics import HostMetrics, Schema
+from gateway.server.layers import Layer, make_layers
+from gateway.server.services import Service, make_services
 from gateway.server.shared import Segments, segment_sizes, worker_exited
 from gateway.settings import ServerSettings
 from gateway.upstreams.host import UpstreamsHost
@@ -49,7 +56,11 @@ RESTART_DELAY_MIN = 0.1
 RESTART_DELAY_MAX = 10.0
 STABLE_AFTER = 10.0
 START_TIMEOUT = 30.0
-LISTENER_SETTINGS = ("host", "port", "workers", "backlog", "admin_host", "admin_port")
+LISTENER_SETTINGS = ("host", "port", "workers", "backlog", "admin_host", "admin_port", "admin_state_file")
+
+
+class ReconfigureError(Exception):
+    """New workers for a changed configuration did not start; the previous configuration still serves."""
 
 
 class StartupError(Exception):
@@ -144,7 +155,10 @@ class Supervisor:
     """Runs the gateway: ``serve`` returns the process exit code."""
 
     def __init__(self, config: GatewayConfig, environ: Mapping[str, str], flags: Mapping[str, Any]) -> None:
-        self.config = config
+        self.config = config  # what the workers run: ``base`` with every layer applied
+        self.base = config  # what the file, the environment and the flags say
+        self.layers: list[Layer] = make_layers(self, config)
+        self.rolling = asyncio.Lock()  # one configuration change at a time
         self.environ = environ
         self.flags = flags
         self.generation = 0
@@ -164,6 +178,7 @@ class Supervisor:
         self.admin: AdminApp | None = None
         self.upstreams_host = UpstreamsHost()  # shared upstream records, active health checks, gauges
         self.metrics.registry.register(self.upstreams_host)
+        self.services: list[Service] | None = None  # made with the shared segments
 
     # -- start-up -----------------------------------------------------------------------------------
 
@@ -200,6 +215,15 @@ class Supervisor:
         logger.info("gateway serving http://%s:%d with %d workers (%s); admin on http://%s:%d",
                     server.host, self.port, len(self.slots), self.config.source, server.admin_host,
                     self.admin_port)
+        try:
+            for layer in self.layers:
+                await layer.start()
+            self.config = self.keep_listener_settings(self.compose(self.base))
+        except ConfigError as exc:
+            logger.error("invalid configuration: %s", exc)
+            await self.drain()
+            return 2
+        self.schema = Schema.for_config(self.config)
         self.prepare_shared(self.config)
         started = await asyncio.gather(*(self.spawn(slot, self.generation) for slot in self.slots))
         for slot, worker in zip(self.slots, started, strict=True):
@@ -232,6 +256,10 @@ class Supervisor:
         if self.segments is None:
             self.segments = Segments(segment_sizes(self.config))
         self.upstreams_host.apply(config, self.segments.maps.get("upstreams"))
+        if self.services is None:  # host services (gateway.server.services), once the segments exist
+            self.services = make_services(self.segments.maps, self.metrics.registry)
+        for service in self.services:
+            service.apply(config)
 
     def document_bytes(self) -> bytes:
         return orjson.dumps(self.config.document)
@@ -365,38 +393,65 @@ class Supervisor:
 
     async def _reload(self) -> None:
         try:
-            config = load(self.environ, self.flags)
+            base = load(self.environ, self.flags)
+            await self.reconfigure("reload", base)
         except ConfigError as exc:
             logger.error("reload refused, still serving the previous configuration: %s", exc)
             self.metrics.reloads["failure"] += 1
-            return
-        config = self.keep_listener_settings(config)
-        previous, previous_schema = self.config, self.schema
-        self.config, self.schema = config, Schema.for_config(config)
-        self.generation += 1
-        self.prepare_shared(config)
-        fresh = [await self.spawn(slot, self.generation) for slot in self.slots]
-        if not await self.wait_ready(fresh) or self.state != "serving":
-            logger.error("reload failed: new workers did not start; still serving the previous configuration")
-            self.config, self.schema = previous, previous_schema
-            self.prepare_shared(previous)
-            self.metrics.reloads["failure"] += 1
-            for worker in fresh:
-                worker.stopping = True
-                kill(worker, signal.SIGKILL)
-            return
-        for slot, worker in zip(self.slots, fresh, strict=True):
-            old, slot.worker = slot.worker, worker
-            if slot.restart is not None:
-                slot.restart.cancel()
-                slot.restart = None
-            if old is not None and old.process.returncode is None:
-                self.retire(old)
-        self.metrics.reloads["success"] += 1
-        if self.admin is not None:
-            register_all(self.admin, config)
-        logger.info("reloaded %s: %d routes, %d upstreams (generation %d)", config.source,
-                    len(config.routes), len(config.upstreams), self.generation)
+        except ReconfigureError:
+            pass  # counted and logged by reconfigure
+
+    def compose(self, base: GatewayConfig) -> GatewayConfig:
+        """``base`` with every layer applied and validated (raises ConfigError)."""
+        if not self.layers:
+            return base
+        document = dict(base.document)
+        for layer in self.layers:
+            document = layer.apply(document)
+        from gateway.loader import from_document
+
+        return from_document(document)
+
+    async def reconfigure(self, reason: str, base: GatewayConfig | None = None) -> bool:
+        """Composes the configuration again (with a new ``base`` on reload) and rolls it out to every
+        worker: True once all new workers serve it, False when it equals what runs. Raises ConfigError
+        (invalid: nothing changed) or ReconfigureError (the new workers did not start: rolled back)."""
+        async with self.rolling:
+            config = self.keep_listener_settings(self.compose(base or self.base))
+            if base is None and config.document == self.config.document:
+                return False
+            if self.state != "serving":
+                raise ReconfigureError(f"{reason}: the gateway is {self.state}")
+            previous, previous_schema = self.config, self.schema
+            self.config, self.schema = config, Schema.for_config(config)
+            self.generation += 1
+            self.prepare_shared(config)
+            fresh = [await self.spawn(slot, self.generation) for slot in self.slots]
+            if not await self.wait_ready(fresh) or self.state != "serving":
+                logger.error("%s failed: new workers did not start; still serving the previous configuration",
+                             reason)
+                self.config, self.schema = previous, previous_schema
+                self.prepare_shared(previous)
+                self.metrics.reloads["failure"] += 1
+                for worker in fresh:
+                    worker.stopping = True
+                    kill(worker, signal.SIGKILL)
+                raise ReconfigureError(f"{reason}: the new workers did not start")
+            if base is not None:
+                self.base = base
+            for slot, worker in zip(self.slots, fresh, strict=True):
+                old, slot.worker = slot.worker, worker
+                if slot.restart is not None:
+                    slot.restart.cancel()
+                    slot.restart = None
+                if old is not None and old.process.returncode is None:
+                    self.retire(old)
+            self.metrics.reloads["success"] += 1
+            if self.admin is not None:
+                register_all(self.admin, config)
+            logger.info("reloaded %s (%s): %d routes, %d upstreams (generation %d)", config.source, reason,
+                        len(config.routes), len(config.upstreams), self.generation)
+            return True
 
     def keep_listener_settings(self, config: GatewayConfig) -> GatewayConfig:
         """Listener settings cannot change under running sockets: keep the old ones, say so."""
@@ -457,9 +512,16 @@ class Supervisor:
             task.cancel()
         self.metrics.close()
         self.upstreams_host.close()
+        await self.close_services()
+        for layer in self.layers:
+            layer.close()
         if self.segments is not None:
             self.segments.close()
         logger.info("stopped")
+
+    async def close_services(self) -> None:
+        for service in self.services or ():
+            await service.close()
 
     # -- what the admin listener reports -------------------------------------------------------------
 

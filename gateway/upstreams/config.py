@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 from gateway.config import ConfigError, Node
 from gateway.proxy.target import Target, parse_target
+from gateway.upstreams.discovery.config import SOURCE_KEYS, SourceSpec, parse_sources
 
 UPSTREAM_NAME = re.compile(r"^[A-Za-z0-9_.-]+\Z")
 UPSTREAM_KEYS = frozenset({
     "targets", "connect_timeout", "read_timeout", "keepalive", "keepalive_timeout", "balancer", "hash_on",
-    "health_check", "outlier_detection", "circuit_breaker", "retries", "backup", "slow_start",
+    "health_check", "outlier_detection", "circuit_breaker", "retries", "backup", "slow_start", "websocket_idle_timeout",
+    *SOURCE_KEYS,  # discovery: dns, file, etcd (gateway.upstreams.discovery)
 })
 BALANCERS = ("round_robin", "least_request", "p2c_ewma", "hash", "random")
 RETRY_CONDITIONS = ("error", "timeout", "5xx")
@@ -99,6 +101,7 @@ class UpstreamSpec:
     read_timeout: float = 60.0
     keepalive: int = 128
     keepalive_timeout: float = 60.0
+    websocket_idle_timeout: float = 600.0  # a WebSocket tunnel with no byte either way for this long ends
     weights: tuple[int, ...] = ()  # per target (empty: all 1)
     balancer: str = "p2c_ewma"
     hash_on: tuple[str, str] = ("client_ip", "")  # (kind, name): header/cookie name, or client_ip/path
@@ -109,6 +112,7 @@ class UpstreamSpec:
     backup: tuple[Target, ...] = ()
     slow_start: float = 0.0
     plain: bool = field(default=True)  # one target, no policy: the proxy's original, cheapest path
+    sources: tuple[SourceSpec, ...] = ()  # discovery: targets found are composed into ``targets``
 
     @property
     def all_targets(self) -> tuple[Target, ...]:
@@ -124,9 +128,12 @@ def parse_upstream(name: str, node: Node) -> UpstreamSpec:
     if isinstance(node.value, str):  # shorthand: `name: http://host:port`
         return UpstreamSpec(name, (parse_target(node),))
     node.mapping(UPSTREAM_KEYS)
-    targets_node = node.child("targets").required("a list of target URLs")
-    weighted = tuple(_parse_target_entry(t) for t in targets_node.elements())
-    if not weighted:
+    sources = parse_sources(name, node)  # with a source, targets may be empty until it answers (503)
+    targets_node = node.child("targets")
+    if not sources:
+        targets_node.required("a list of target URLs")  # or a discovery source: dns, file, etcd
+    weighted = tuple(_parse_target_entry(t) for t in targets_node.elements(optional=True))
+    if not weighted and not sources:
         targets_node.fail("at least one target URL")
     backup_node = node.child("backup")
     backup = tuple(_parse_target_entry(t).target for t in backup_node.elements(optional=True))
@@ -148,6 +155,7 @@ def parse_upstream(name: str, node: Node) -> UpstreamSpec:
         read_timeout=node.child("read_timeout").duration(60.0),
         keepalive=node.child("keepalive").integer(128, minimum=0),
         keepalive_timeout=node.child("keepalive_timeout").duration(60.0),
+        websocket_idle_timeout=node.child("websocket_idle_timeout").duration(600.0),
         weights=tuple(w.weight for w in weighted) if any(w.weight != 1 for w in weighted) else (),
         balancer=balancer,
         hash_on=_parse_hash_on(node.child("hash_on"), balancer),
@@ -158,7 +166,8 @@ def parse_upstream(name: str, node: Node) -> UpstreamSpec:
         retries=_parse_retries(retries_node, default_on=several),
         backup=backup,
         slow_start=node.child("slow_start").duration(0.0, positive=False),
-        plain=not several and not any(key in node.value for key in policies),
+        plain=len(targets) == 1 and not several and not any(key in node.value for key in policies),
+        sources=sources,
     )
 
 

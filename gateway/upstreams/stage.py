@@ -51,6 +51,9 @@ class BalancedProxyStage(ProxyStage):
         target = path.encode("latin-1") + (b"?" + query if query else b"")
         member, conn, pump, started = await self.send(ex, method, target)
         try:
+            if conn.status == 101:  # a WebSocket upgrade the upstream accepted (gateway.realtime)
+                started = await self.tunnel(ex, conn, started)
+                return
             await ex.start_response(conn.status, response_headers(conn.headers))
             data, done = conn.take_body()
             while not done:  # from here on nothing is retried: the client has the response head

@@ -178,7 +178,7 @@ class Upstream:
     def __init__(self, spec: UpstreamSpec, table: Table | None = None) -> None:
         self.spec = spec
         self.name = spec.name
-        self.base_path = spec.targets[0].base_path
+        self.base_path = spec.all_targets[0].base_path if spec.all_targets else ""  # none: discovery pending
         self.plain = spec.plain
         self.pools = tuple(
             Pool(target, connect_timeout=spec.connect_timeout, read_timeout=spec.read_timeout,

@@ -63,6 +63,11 @@ RESERVED: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway_guard_rejections_total": ("counter", ("reason",)),
     "gateway_guard_table_full_total": ("counter", ("table",)),
     "gateway_auth_failures_total": ("counter", ("route", "reason")),
+    # service discovery, once an upstream has a source (gateway/upstreams/discovery/layer.py)
+    "gateway_discovery_targets": ("gauge", ("upstream", "source")),
+    "gateway_discovery_up": ("gauge", ("upstream", "source")),
+    "gateway_discovery_refreshes_total": ("counter", ("upstream", "source", "result")),
+    "gateway_discovery_last_success_timestamp_seconds": ("gauge", ("upstream", "source")),
     # later features
     "gateway_redis_up": ("gauge", ()),
 }

@@ -22,6 +22,14 @@ from typing import Any
 
 import pytest
 
+from tests.oidc.providers import (  # noqa: F401 (fixtures)
+    dot_provider,
+    oidc_provider,
+    panva_provider,
+    start_oidc_provider,
+)
+from tests.redis_servers import redis_cluster, redis_sentinel, redis_server  # noqa: F401 (fixtures)
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,10 @@ Endpoints (any method unless said):
   /drip?n=K&delay=S   K small chunks, S seconds apart
   /early-reply        answers 413 without reading the body
   /break?after=N      sends headers promising 1 MB and N bytes of it, then resets the connection
+WebSocket (stock uvicorn's WebSocket protocol):
+  /ws/echo            accepts (the first subprotocol offered), sends one JSON text message describing the
+                      handshake (path, query, headers), then echoes every message; "close:N" closes with N
+  /ws/deny            refuses the handshake (uvicorn answers 403)
 """
 
 import asyncio
@@ -50,13 +54,16 @@ async def respond(send, status, body, headers=()):
     await send({"type": "http.response.body", "body": body})
 
 
-async def app(scope, receive, send):
+async def app(scope, receive, send):  # noqa: PLR0911 - one branch per endpoint
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
+    if scope["type"] == "websocket":
+        await websocket(scope, receive, send)
+        return
     path, args = scope["path"], query(scope)
     if path.startswith("/download"):
         size = int(args.get("size", "0"))
@@ -105,6 +112,28 @@ async def app(scope, receive, send):
         "body_sha256": digest,
     }).encode()
     await respond(send, 200, body)
+
+
+async def websocket(scope, receive, send):
+    await receive()  # websocket.connect
+    if scope["path"].startswith("/ws/deny"):
+        await send({"type": "websocket.close"})
+        return
+    offered = scope.get("subprotocols") or []
+    await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None})
+    await send({"type": "websocket.send", "text": json.dumps({
+        "path": scope["path"], "query": scope["query_string"].decode("latin-1"),
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+    })})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is not None and text.startswith("close:"):
+            await send({"type": "websocket.close", "code": int(text[6:]), "reason": "asked to"})
+            return
+        await send({"type": "websocket.send", "text": text, "bytes": message.get("bytes")})
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ def test_key_files_are_read_relative_to_the_config_file(tmp_path: Path) -> None:
     ("auth: {issuers: {}}\n" + ROUTES, "auth.issuers", "expected at least one issuer"),
     ("auth: {}\n" + ROUTES, "auth.issuers", "expected a mapping of issuer names"),
     ("auth: {issuers: {idp: {issuer: x, keys: [rsa.pem]}}, cache: 1}\n" + ROUTES, "auth.cache",
-     "unknown key; expected one of: cache_size, consumers, issuer, issuers, redis_prefix, sessions, state_dir"),
+     "unknown key; expected one of: cache_size, consumers, issuer, issuers, login, providers, redis_prefix, "
+     "sessions, state_dir"),
     ("auth: {issuers: {idp: {issuer: x, keys: [rsa.pem]}}, cache_size: -1}\n" + ROUTES, "auth.cache_size",
      "expected an integer from 0"),
     ("auth: {issuers: {'a b': {issuer: x, keys: [rsa.pem]}}}\n" + ROUTES, "auth.issuers.a b",

@@ -1013,6 +1013,110 @@ async def test_pipelined_upgrade_request_is_answered(impl: ModuleType) -> None:
     assert conn.closed
 
 
+class FakeTunnel:
+    """Stands in for gateway.realtime's Tunnel: records what the protocol hands over."""
+
+    def __init__(self) -> None:
+        self.attached: tuple[Any, bytes, Any] | None = None
+
+    def attach(self, transport: Any, early: bytes, on_close: Any) -> None:
+        self.attached = (transport, early, on_close)
+
+    def shutdown(self) -> None:  # pragma: no cover - uvicorn's drain
+        pass
+
+
+class Switcher:
+    """An app that answers a WebSocket upgrade with ``gateway.tunnel`` (a plain response otherwise)."""
+
+    def __init__(self) -> None:
+        self.tunnel = FakeTunnel()
+        self.scopes: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.scopes.append(scope)
+        await receive()
+        if "extensions" in scope:
+            await send({"type": "gateway.tunnel", "status": 101, "tunnel": self.tunnel,
+                        "headers": [(b"upgrade", b"websocket"), (b"connection", b"upgrade")]})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+@async_test
+async def test_websocket_upgrade_is_handed_to_the_tunnel_with_early_bytes(impl: ModuleType) -> None:
+    app = Switcher()
+    conn = Conn(impl, app)
+    conn.feed(UPGRADE + b"\x81\x05hello")
+    conn.feed(b"\x81\x01!")  # before the 101: kept for the tunnel too
+    await conn.finish()
+
+    assert app.scopes[0]["extensions"] == {"gateway.tunnel": {}}
+    assert conn.output == b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+    assert app.tunnel.attached is not None
+    transport, early, on_close = app.tunnel.attached
+    assert transport is conn.transport
+    assert early == b"\x81\x05hello\x81\x01!"
+    assert not conn.transport.closed  # the tunnel owns the connection now
+    assert conn.state.connections == {app.tunnel}  # uvicorn's drain waits for the tunnel
+    on_close()
+    assert conn.state.connections == set()
+
+
+@async_test
+async def test_only_websocket_upgrades_of_gets_may_become_tunnels(impl: ModuleType) -> None:
+    app = Switcher()
+    conn = Conn(impl, app)
+    conn.feed(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+    await conn.finish()
+    other = Conn(impl, app)
+    other.feed(b"OPTIONS / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    await other.finish()
+
+    assert ["extensions" in scope for scope in app.scopes] == [False, False]
+    assert [r.status for r in conn.responses() + other.responses()] == [200, 200]
+    assert conn.closed and other.closed
+
+
+@async_test
+async def test_tunnel_message_outside_an_upgrade_is_an_error(impl: ModuleType,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "gateway.tunnel", "status": 101, "headers": [], "tunnel": FakeTunnel()})
+
+    conn = Conn(impl, app)
+    with caplog.at_level(logging.ERROR):
+        conn.feed(GET)
+        await conn.finish()
+    [response] = conn.responses()
+    assert response.status == 500
+    assert "only for the active WebSocket upgrade" in caplog.text
+
+
+@async_test
+async def test_early_bytes_past_the_high_water_mark_pause_reading(impl: ModuleType) -> None:
+    gate = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await gate.wait()
+        await send({"type": "gateway.tunnel", "status": 101, "headers": [], "tunnel": tunnel})
+
+    tunnel = FakeTunnel()
+    conn = Conn(impl, app)
+    conn.feed(UPGRADE)
+    conn.feed(b"x" * impl.HIGH_WATER)
+    assert conn.transport.read_paused
+    gate.set()
+    await conn.finish()
+    assert tunnel.attached is not None
+    assert len(tunnel.attached[1]) == impl.HIGH_WATER
+    assert not conn.transport.read_paused  # reading resumes for the tunnel
+
+
 @async_test
 async def test_server_state_tracks_connections_tasks_and_requests(impl: ModuleType) -> None:
     gate = Gate()

@@ -18,7 +18,7 @@ from gateway.ratelimit.config import (
     parse_ratelimit,
     route_policies,
 )
-from gateway.ratelimit.runtime import SEGMENT, segment_sizes
+from gateway.ratelimit.runtime import SEGMENT, SYNC_SEGMENT, segment_sizes
 
 ROOT = Path(__file__).resolve().parents[2]
 SEC = 1_000_000_000
@@ -74,8 +74,9 @@ def test_defaults_and_absence() -> None:
     assert spec is not None
     assert (spec.trusted_hops, spec.headers, spec.table_slots, spec.default) == (0, "x-ratelimit", 65536, ())
     assert config(None).ratelimit is None
-    assert segment_sizes(config(None)) == {SEGMENT: 64 + 65536 * 64}  # made anyway: a reload may add limits
-    assert segment_sizes(config(FULL)) == {SEGMENT: 64 + 1024 * 64}
+    assert segment_sizes(config(None))[SEGMENT] == 64 + 65536 * 64  # made anyway: a reload may add limits
+    assert segment_sizes(config(FULL))[SEGMENT] == 64 + 1024 * 64
+    assert segment_sizes(config(FULL))[SYNC_SEGMENT] == (1 + config(FULL).server.workers) * 24 * 8  # a row a loop
 
 
 @pytest.mark.parametrize(("text", "count", "period"), [

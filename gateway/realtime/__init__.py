@@ -1,0 +1,1 @@
+"""Realtime traffic: WebSocket proxying (``tunnel``)."""
