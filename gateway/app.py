@@ -192,7 +192,7 @@ class Gateway:
         if ex.response_started:
             logger.warning("request %s failed after the response started: %s", ex.request_id, exc.message)
             raise exc
-        if exc.status >= 500:
+        if exc.status >= 500 and not exc.logged_once:
             logger.warning("request %s: %d %s: %s", ex.request_id, exc.status, exc.code, exc.message)
         reason = getattr(exc, "auth_reason", None)  # an auth failure: counted by route and reason
         if reason is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -165,6 +166,19 @@ class Node:
         if size is None:
             self.fail("a size such as 65536, 64KiB, 10MB or 1GiB")
         return size
+
+    def ca_file(self) -> str | None:
+        """A CA bundle's path (relative to the config file), checked loadable now; None when not set."""
+        name: str | None = self.string(None)
+        if name is None:
+            return None
+        path = str(Path(self.source).parent / name)
+        try:
+            ssl.create_default_context(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(self.source, self.path, f"cannot use CA file {name}: "
+                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        return path
 
 
 def _bounds(minimum: int | None, maximum: int | None) -> str:

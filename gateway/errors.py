@@ -18,6 +18,9 @@ class GatewayError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "the gateway failed to handle the request"
+    # a 5xx is logged per request unless its cause is logged once per state change where it is known
+    # (a dependency outage: Redis behind the rate limiter, say), so an outage is not one line a request
+    logged_once: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None, *, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.message = message or self.default_message

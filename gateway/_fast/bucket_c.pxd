@@ -36,7 +36,7 @@ cdef class Table:
 cdef class Limit:
     cdef readonly Table table
     cdef readonly int algorithm
-    cdef readonly long long limit, period, burst, seed, interval, tolerance
+    cdef readonly long long limit, period, burst, seed, interval, tolerance, debt_room
     cdef readonly int bits
     cdef readonly long long count_mask, id_shift, id_mask
     cdef readonly long long remaining, reset, wait, strikes, tag, window
@@ -57,7 +57,7 @@ cdef class Limit:
     cpdef void refund(self, long long now) except *
     @cython.locals(bits=int, mask=i64, stored_id=i64, unit=i64)
     cdef long long window_refund(self, long long word) except? -2
-    @cython.locals(words=i64[::1], index=Py_ssize_t, word=i64, merged=i64)
+    @cython.locals(words=i64[::1], index=Py_ssize_t, word=i64, merged=i64, interval=i64, room=i64)
     cpdef void absorb(self, Py_ssize_t base, long long units, long long now) except *
     @cython.locals(bits=int, mask=i64, window=i64, current_id=i64, stored_id=i64,
                    previous=i64, current=i64)

@@ -257,6 +257,7 @@ class Limit:
         self.seed = seed
         self.interval = max(period // limit, 1)
         self.tolerance = burst * self.interval
+        self.debt_room = self.tolerance + period  # GCRA: how far other hosts' units may push TAT past a full bucket
         # windows only: the bits of a count, and the window id in the bits above two counts
         self.bits = count_bits(limit) if algorithm != GCRA else 0
         if self.bits > MAX_COUNT_BITS:
@@ -404,14 +405,24 @@ class Limit:
     def absorb(self, base: int, units: int, now: int) -> None:
         """Counts ``units`` consumed elsewhere (other hosts) into slot ``base``, without a decision: the
         merge step of a cross-host sync loop (GCRA: TAT moves ``units`` intervals; windows: the current
-        count grows, capped at the limit)."""
+        count grows, up to what its bits hold).
+
+        GCRA's TAT may run past a full bucket (``now + tolerance``): what other hosts admitted while this
+        one was admitting too is a debt the host waits out, so the fleet converges on the rate instead of
+        each host admitting its own refill again (a cap at a full bucket dropped exactly those units and
+        let H hosts admit about H times the rate under overload). The debt is bounded by ``debt_room``
+        (one more full bucket and one period), so a miscount can delay a key, never bar it for long."""
         words = self.table.words
         index = base + STATE
+        interval = self.interval
+        room = self.tolerance + self.debt_room
+        if self.algorithm == GCRA and units > room // interval + 1:
+            units = room // interval + 1  # (so units x interval cannot overflow 63 bits)
         while True:
             word = ops.atomic_load(words, index)
             if self.algorithm == GCRA:
-                merged = (word if word > now else now) + units * self.interval
-                merged = min(merged, now + self.tolerance)
+                merged = (word if word > now else now) + units * interval
+                merged = min(merged, now + room)
             else:
                 merged = self.window_absorb(word, units, now)
             if ops.atomic_cas(words, index, word, merged):
@@ -432,5 +443,7 @@ class Limit:
         else:
             previous = 0
             current = 0
-        current = min(current + units, self.limit)
+        # up to what the count's bits hold, past the limit: the sliding window's next estimate must see what
+        # the fleet really admitted in this window (a race of hosts at its start), not the limit
+        current = min(current + units, mask)
         return (current_id << self.id_shift) | (previous << bits) | current

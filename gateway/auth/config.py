@@ -22,7 +22,6 @@ names the file and the key path), bad URLs. Secrets are never echoed in an error
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +231,7 @@ def parse_issuer(name: str, node: Node) -> IssuerSpec:
         jwks_cooldown=node.child("jwks_cooldown").duration(DEFAULT_JWKS_COOLDOWN),
         jwks_timeout=node.child("jwks_timeout").duration(DEFAULT_JWKS_TIMEOUT),
         unknown_kid_ttl=node.child("unknown_kid_ttl").duration(DEFAULT_UNKNOWN_KID_TTL),
-        ca_file=_ca_file(node.child("ca_file")),
+        ca_file=node.child("ca_file").ca_file(),
     )
 
 
@@ -326,16 +325,3 @@ def _url(node: Node) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
         node.fail("an http:// or https:// URL with a host, such as https://idp.example.com/jwks.json")
     return text.strip()
-
-
-def _ca_file(node: Node) -> str | None:
-    name: str | None = node.string(None)
-    if name is None:
-        return None
-    path = str(Path(node.source).parent / name)
-    try:
-        ssl.create_default_context(cafile=path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(node.source, node.path, f"cannot use CA file {name}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    return path

@@ -30,8 +30,9 @@ MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 #   'g' GCRA      KEYS[i] the bucket. Raises the TAT to now + floor_us (what the host knows was used
 #                 besides these units: a no-op unless Redis lost the bucket), adds the ``units`` the host
 #                 admitted since its last push (the TAT moves ``units`` intervals, capped at a full
-#                 bucket); answers the units admitted by the other hosts in total and the global
-#                 occupancy in us (TAT - now: what the bucket holds against new requests).
+#                 bucket plus the debt a fleet may owe: ``tolerance_us`` is that room); answers the
+#                 units admitted by the other hosts in total and the global occupancy in us (TAT - now:
+#                 what the bucket holds against new requests).
 #   'w' window    KEYS[i] the window's hash. Adds the units; answers the other hosts' units in that window.
 #   'h' heartbeat KEYS[i] the hosts' sorted set. Records the host; answers the live hosts (seen within ttl).
 # The reply is flat: two numbers per entry (the second is 0 for windows and heartbeats).

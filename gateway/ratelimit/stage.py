@@ -60,6 +60,7 @@ class RateLimiterUnavailable(ServiceUnavailable):
 
     code = "ratelimit_unavailable"
     default_message = "the rate limiter's store is unavailable; try again shortly"
+    logged_once = True  # the outage is logged once per state change by the sync loop / the store's breaker
 
 
 def seconds(ns: int) -> int:

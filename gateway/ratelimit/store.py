@@ -41,6 +41,7 @@ FAILURES = 2  # failures in a row that open the breaker
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 ALGORITHMS = {"gcra": GCRA, "sliding_window": 1, "fixed_window": FIXED}
 STORE_ERRORS = (OSError, RedisError, TimeoutError, asyncio.TimeoutError)
+PREPARE_TIMEOUT = 2.0  # a client's first I/O (a Cluster's slot map and command table: 250-400 ms here)
 
 
 def new_host_id() -> str:
@@ -206,17 +207,23 @@ class RemoteStore:
         self.client = client if client is not None else open_client(url, spec.timeout)
         self.breaker = Breaker(spec.breaker_cooldown, clock)
         self.host = new_host_id()
+        self.prepared = False
 
     async def call(self, script: redisconn.Script, keys: list[str], args: list[Any]) -> Any:
         """The script's reply, or None when Redis is unavailable (failed now, or the breaker is open)."""
         if not self.breaker.allow():
             return None
         try:
+            if not self.prepared:  # once per worker (and after a failure): outside the short timeout
+                async with asyncio.timeout(PREPARE_TIMEOUT):
+                    await redisconn.prepare(self.client)
+                self.prepared = True
             async with asyncio.timeout(self.spec.timeout):
                 [reply] = await redisconn.run_script(self.client, script, [(keys, args)])
             if isinstance(reply, Exception):
                 raise reply
         except STORE_ERRORS as exc:
+            self.prepared = False
             if self.breaker.failure():
                 logger.warning("rate limits: Redis unavailable (%s); synchronous limits decide as "
                                "on_store_error: %s says", redacted(exc), self.spec.on_store_error)

@@ -76,7 +76,7 @@ from gateway._fast.bucket import GCRA, Limit, Table
 from gateway._fast.bucket_py import HEADER_WORDS, PENDING, SLOT_WORDS
 from gateway.ratelimit.config import LimitSpec, RedisSpec
 from gateway.ratelimit.lua import PUSH, bucket_key, hosts_key, window_key
-from gateway.ratelimit.store import STORE_ERRORS, Breaker, new_host_id, redacted
+from gateway.ratelimit.store import PREPARE_TIMEOUT, STORE_ERRORS, Breaker, new_host_id, redacted
 
 logger = logging.getLogger("gateway.ratelimit")
 
@@ -161,6 +161,7 @@ class HostSync:
         self.heartbeat_at = 0
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
+        self.prepared = False  # the client's first I/O done (redisconn.prepare), outside the tick's timeout
         self.stats[STATE] = ROW_UP
 
     def configure(self, limits: Mapping[int, Limit], specs: Mapping[int, LimitSpec], spec: RedisSpec) -> None:
@@ -214,9 +215,14 @@ class HostSync:
             return
         began = time.perf_counter()
         try:
+            if not self.prepared:
+                async with asyncio.timeout(PREPARE_TIMEOUT):
+                    await redisconn.prepare(self.client)
+                self.prepared = True
             async with asyncio.timeout(self.spec.timeout):
                 replies = await self.send(batch, now)
         except STORE_ERRORS as exc:
+            self.prepared = False
             self.fall_back(batch, exc)
             return
         failed = [reply for reply in replies if isinstance(reply, Exception)]
@@ -397,7 +403,8 @@ class HostSync:
 def describe_kind(limit: Limit) -> tuple[Any, ...]:
     """What the PUSH script needs of a limit: what, interval_us, tolerance_us, ttl_ms (gateway/ratelimit/lua.py)."""
     if limit.algorithm == GCRA:
-        return "g", max(limit.interval // 1000, 1), limit.tolerance // 1000, limit.tolerance // 1_000_000 + 2000
+        room = limit.tolerance + limit.debt_room  # the global TAT carries the fleet's debt too (Limit.absorb)
+        return "g", max(limit.interval // 1000, 1), room // 1000, room // 1_000_000 + 2000
     return "w", 0, 0, 2 * limit.period // 1_000_000 + 1000
 
 

@@ -366,7 +366,9 @@ async def test_logout_without_a_session_and_with_one(tmp_path: Path, panva_provi
         assert out.status == 302 and location.startswith(panva_provider.endpoint("end_session_endpoint"))
         assert "id_token_hint" not in query(location)
         session = await log_in(app)
-        out = await call(app, "GET", "/oauth2/logout", [(b"cookie", session)])
+        forged = await call(app, "GET", "/oauth2/logout", [(b"cookie", session), (b"sec-fetch-site", b"cross-site")])
+        assert forged.status == 403  # another site's link: the session stays
+        out = await call(app, "GET", "/oauth2/logout", [(b"cookie", session), (b"sec-fetch-site", b"same-origin")])
         assert "id_token_hint" in query((out.header(b"location") or b"").decode())
         assert (await call(app, "GET", "/app/x", [(b"cookie", session)])).status == 401
 

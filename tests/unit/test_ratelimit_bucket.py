@@ -199,15 +199,18 @@ def test_drain_absorb_and_slot_words(impl: ModuleType) -> None:
     assert table.drain(base) == 3 and table.drain(base) == 0
     lim.absorb(base, 4, T0)  # four units admitted by other hosts
     assert lim.take(b"k", T0) == A and lim.remaining == 2
-    lim.absorb(base, 1000, T0)  # never further than an empty bucket
-    assert lim.take(b"k", T0 + 100 * MS) == A
+    lim.absorb(base, 1000, T0)  # a debt past a full bucket, bounded by one more bucket and one period
+    assert lim.debt_room == 2 * SEC
+    assert lim.take(b"k", T0 + 100 * MS) == R
+    assert lim.take(b"k", T0 + 2 * SEC) == R  # TAT is T0 + 3 s: waited out down to a full bucket
+    assert lim.take(b"k", T0 + 2100 * MS) == A
     assert base in table.slots() and len(table.slots()) == table.nslots
     for algorithm in (bucket.SLIDING, bucket.FIXED):
         window = limit(impl, algorithm, 5, seed=algorithm, table=table)
         assert window.take(b"k", T0) == A
         window.absorb(window.slot, 3, T0)
         assert takes(window, b"k", T0, 2) == [A, R]
-        window.absorb(window.slot, 100, T0)  # capped at the limit
+        window.absorb(window.slot, 100, T0)  # past the limit, up to what the count bits hold
         assert window.take(b"k", T0) == R
         window.absorb(window.slot, 1, T0 + 10 * SEC)  # a stale word starts a fresh window
         assert takes(window, b"k", T0 + 10 * SEC, 5) == [A] * 4 + [R]

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +250,7 @@ def parse_provider(name: str, node: Node) -> ProviderSpec:
         client_credentials=credentials,
         metadata_ttl=node.child("metadata_ttl").duration(3600.0),
         timeout=timeout,
-        ca_file=_ca_file(node.child("ca_file")),
+        ca_file=node.child("ca_file").ca_file(),
     )
 
 
@@ -436,16 +435,3 @@ def _url(node: Node) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment or parts.username:
         node.fail("an http:// or https:// URL with a host (no user:password@, no #fragment)")
     return text
-
-
-def _ca_file(node: Node) -> str | None:
-    name: str | None = node.string(None)
-    if name is None:
-        return None
-    path = str(Path(node.source).parent / name)
-    try:
-        ssl.create_default_context(cafile=path)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(node.source, node.path, f"cannot use CA file {name}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from None
-    return path

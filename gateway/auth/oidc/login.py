@@ -12,7 +12,8 @@ Three built-in routes (``auth.login``; paths configurable), and the routes with 
                                     verified (signature by the provider's JWKS, iss, aud = client id,
                                     exp, nonce; a nonce is accepted once), its claims completed by
                                     UserInfo (same sub); a session; 302 to the return
-    GET|POST logout_path            the session ended here and its cookie cleared; 302 to the
+    GET|POST logout_path            the session ended here and its cookie cleared (403 for a request the browser
+                                    marks cross-site: logout CSRF); 302 to the
                                     provider's end_session_endpoint (RP-initiated logout, with
                                     id_token_hint and post_logout_redirect_uri) or to post_logout_redirect
     a route with login: true        a session cookie authenticates it; without one a browser (GET/HEAD
@@ -68,7 +69,7 @@ from gateway.auth.oidc.login_store import LoginStore
 from gateway.auth.stage import take_cookie
 from gateway.auth.store import StoreError
 from gateway.auth.verify import Issuer, TokenError, Verified, Verifier
-from gateway.errors import BadRequest, GatewayError, ServiceUnavailable, Unauthorized
+from gateway.errors import BadRequest, Forbidden, GatewayError, ServiceUnavailable, Unauthorized
 from gateway.exchange import Exchange, Headers, Stage
 
 if TYPE_CHECKING:
@@ -162,6 +163,15 @@ def is_browser(ex: Exchange) -> bool:
         if name == b"accept":
             accept += value
     return b"text/html" in accept
+
+
+def cross_site(ex: Exchange) -> bool:
+    """The browser says the request comes from another site (Sec-Fetch-Site, sent by every current
+    browser); a request without it (a script, an old browser) is not refused for that."""
+    for name, value in ex.scope["headers"]:
+        if name == b"sec-fetch-site":
+            return bool(value == b"cross-site")
+    return False
 
 
 def query_params(ex: Exchange) -> dict[str, str]:
@@ -619,5 +629,7 @@ class LoginLogout(Stage):
         if ex.scope["method"] == "POST":  # the body is not used; read it so the connection stays usable
             while (await ex.receive()).get("more_body", False):
                 pass
+        if cross_site(ex):  # another site's link or form may not end the user's session (logout CSRF)
+            raise Forbidden("a logout must start from this site")
         location, headers = await self.login.logout(ex)
         await redirect(ex, location, headers)
