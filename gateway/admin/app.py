@@ -129,3 +129,18 @@ async def respond(send: Send, status: int, body: bytes, extra: tuple[tuple[bytes
                (b"cache-control", b"no-store"), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """An admin request's whole body, or None once it passes ``limit`` bytes (the caller answers 413)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            break
+    return bytes(body)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from gateway._fast.protocol import Receive, Scope, Send, new_request_id
+from gateway.admin.app import read_body as read_bounded
 from gateway.admin.app import respond
 from gateway.admin.config_state import (
     Overlay,
@@ -317,17 +318,10 @@ class ConfigAPI:
 
 
 async def read_body(receive: Receive) -> bytes:
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise APIError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
-        if not message.get("more_body", False):
-            break
-    return bytes(body)
+    body = await read_bounded(receive, MAX_BODY)
+    if body is None:
+        raise APIError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
+    return body
 
 
 def layer(supervisor: Any, config: GatewayConfig) -> AdminConfigLayer:

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from gateway._fast.protocol import Receive, Scope, Send, new_request_id
-from gateway.admin.app import respond
+from gateway.admin.app import read_body, respond
 from gateway.errors import error_body
 
 if TYPE_CHECKING:
@@ -185,16 +185,9 @@ def _single(query: dict[str, list[str]], name: str) -> str | None:
 
 async def read_json(receive: Receive) -> dict[str, Any]:
     """The request's JSON object body ({} when empty)."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        body += message.get("body", b"")
-        if len(body) > MAX_BODY:
-            raise AdminError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
-        if not message.get("more_body", False):
-            break
+    body = await read_body(receive, MAX_BODY)
+    if body is None:
+        raise AdminError(413, "payload_too_large", f"the body is larger than {MAX_BODY} bytes")
     if not body.strip():
         return {}
     try:

@@ -54,10 +54,10 @@ SEC = 1_000_000_000
 DEAD = "redis://127.0.0.1:1/0"  # nothing listens there
 
 
-@pytest.fixture
-def prefix() -> Iterator[tuple[str, str]]:
+def scratch_prefix(tag: str) -> Iterator[tuple[str, str]]:
+    """The test Redis's URL and a fresh key prefix; the keys under it are deleted afterwards."""
     url = require_redis()
-    name = f"test:rl:{uuid.uuid4().hex[:10]}:"
+    name = f"test:{tag}:{uuid.uuid4().hex[:10]}:"
     yield url, name
     client = redis.Redis.from_url(url)
     try:
@@ -66,6 +66,11 @@ def prefix() -> Iterator[tuple[str, str]]:
             client.delete(*keys)
     finally:
         client.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[tuple[str, str]]:
+    yield from scratch_prefix("rl")
 
 
 def limit_spec(rate: str = "1/h", algorithm: str = "gcra", burst: int = 10) -> LimitSpec:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from gateway.ratelimit.runtime import RateLimiter
 from gateway.ratelimit.store import RemoteLimit, RemoteStore, window_wait
 from gateway.ratelimit.sync import FALLBACK, HOSTS_WORD, STORE_STATE
 from tests.unit.helpers import async_test
-from tests.unit.test_auth_support import require_redis
+from tests.unit.test_ratelimit_redis import scratch_prefix
 from tests.unit.test_ratelimit_stage import T0, Upstream, document, noop_send
 
 SEC = 1_000_000_000
@@ -31,16 +30,7 @@ DEAD = "redis://127.0.0.1:1/0"
 
 @pytest.fixture
 def redis_prefix() -> Iterator[tuple[str, str]]:
-    url = require_redis()
-    name = f"test:rls:{uuid.uuid4().hex[:10]}:"
-    yield url, name
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=name + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    yield from scratch_prefix("rls")
 
 
 def section(limits: list[dict[str, Any]], prefix: str = "gateway:rl:", **redis_options: Any) -> dict[str, Any]:
