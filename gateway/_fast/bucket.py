@@ -21,6 +21,7 @@ ADMITTED = bucket_py.ADMITTED
 FIXED = bucket_py.FIXED
 GCRA = bucket_py.GCRA
 MAX_COUNT_BITS = bucket_py.MAX_COUNT_BITS
+MAX_SHARE = bucket_py.MAX_SHARE
 PROBE = bucket_py.PROBE
 REJECTED = bucket_py.REJECTED
 SLIDING = bucket_py.SLIDING
@@ -31,5 +32,5 @@ table_bytes = bucket_py.table_bytes
 IMPLEMENTATION = kind(_impl)
 SHARED_SAFE = IMPLEMENTATION == "compiled"
 
-__all__ = ["ADMITTED", "FIXED", "GCRA", "IMPLEMENTATION", "MAX_COUNT_BITS", "PROBE", "REJECTED", "SHARED_SAFE",
-           "SLIDING", "UNTRACKED", "Limit", "Table", "slot_count", "table_bytes"]
+__all__ = ["ADMITTED", "FIXED", "GCRA", "IMPLEMENTATION", "MAX_COUNT_BITS", "MAX_SHARE", "PROBE", "REJECTED",
+           "SHARED_SAFE", "SLIDING", "UNTRACKED", "Limit", "Table", "slot_count", "table_bytes"]

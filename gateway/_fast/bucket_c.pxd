@@ -12,7 +12,8 @@ cimport gateway._fast.bucket_ops as ops
 cdef long long MAGIC
 cdef Py_ssize_t HEADER_WORDS, SLOT_WORDS, PROBE, CLAIM_ATTEMPTS
 cdef Py_ssize_t H_MAGIC, H_NSLOTS, H_K0, H_K1, H_CLOCK, H_EVICTIONS
-cdef Py_ssize_t TAG, STATE, LAST_USE, PENDING, LIMIT, GLOBAL, STRIKES
+cdef Py_ssize_t TAG, STATE, LAST_USE, PENDING, LIMIT, GLOBAL, STRIKES, SHARE
+cdef long long MAX_SHARE
 cdef int GCRA, SLIDING, FIXED, REJECTED, ADMITTED, UNTRACKED, MAX_COUNT_BITS
 cdef long long GLOBAL_K0, GLOBAL_K1
 
@@ -30,7 +31,9 @@ cdef class Table:
                    victim_tag=i64, oldest=i64, found=i64, used=i64, state=i64)
     cdef Py_ssize_t find(self, long long h, long long seed, bytes key, long long now) except? -2
     cdef void claimed(self, Py_ssize_t base, long long seed, bytes key, long long now) except *
-    cpdef long long drain(self, Py_ssize_t base)
+    cpdef long long pending(self, Py_ssize_t base)
+    cpdef void settle(self, Py_ssize_t base, long long tag, long long units) except *
+    cpdef void set_share(self, Py_ssize_t base, long long share) except *
 
 
 cdef class Limit:
@@ -42,15 +45,15 @@ cdef class Limit:
     cdef readonly long long remaining, reset, wait, strikes, tag, window
     cdef readonly Py_ssize_t slot
 
-    @cython.locals(table=Table, h=i64, base=Py_ssize_t, admitted=bint)
+    @cython.locals(table=Table, h=i64, base=Py_ssize_t, admitted=bint, share=i64, extra=i64)
     cpdef int take(self, bytes key, long long now) except -1
-    @cython.locals(interval=i64, tolerance=i64, tat=i64, after=i64)
-    cdef bint take_gcra(self, long long[::1] words, Py_ssize_t index, long long now) except -1
+    @cython.locals(interval=i64, tolerance=i64, tat=i64, after=i64, weighted=i64)
+    cdef bint take_gcra(self, long long[::1] words, Py_ssize_t index, long long now, long long extra) except -1
     @cython.locals(period=i64, limit=i64, bits=int, mask=i64, shift=i64,
                    window=i64, elapsed=i64, current_id=i64, previous_id=i64,
                    sliding=bint, weight=double, word=i64, stored_id=i64, previous=i64,
                    current=i64, estimate=double)
-    cdef bint take_window(self, long long[::1] words, Py_ssize_t index, long long now) except -1
+    cdef bint take_window(self, long long[::1] words, Py_ssize_t index, long long now, long long extra) except -1
     @cython.locals(period=i64, limit=i64, needed=double)
     cdef long long window_wait(self, long long previous, long long current, long long elapsed) except? -1
     @cython.locals(words=i64[::1], base=Py_ssize_t, index=Py_ssize_t, word=i64, undone=i64)

@@ -13,7 +13,7 @@ it runs on the twin: limits are then per worker.
 Layout (every field a signed 64-bit word; a slot is one 64-byte cache line):
 
     header  0 MAGIC  1 NSLOTS  2 K0  3 K1  4 CLOCK (epoch ns - monotonic ns)  5 EVICTIONS  6-7 spare
-    slot    0 TAG    1 STATE   2 LAST_USE  3 PENDING  4 LIMIT  5 GLOBAL  6 STRIKES  7 spare
+    slot    0 TAG    1 STATE   2 LAST_USE  3 PENDING  4 LIMIT  5 GLOBAL  6 STRIKES  7 SHARE
 
 The header is written once, by whichever worker maps the zeroed segment first: each word goes from 0 to
 its value with one compare-and-swap, and every worker then reads back the value that won. So the hash
@@ -41,10 +41,22 @@ i.e. epoch-aligned, never going backwards; 63 bits hold it until the year 2262):
              when current + 1 <= limit. Only admitted requests are counted, so counts never exceed the
              limit and a rejected request never counts against the next window.
 
-The other slot words: LAST_USE (ns, for eviction), PENDING (units admitted here since a sync loop last
-drained the slot: ``Table.drain``), LIMIT (the limit's seed), GLOBAL (the key's hash under a fixed,
-host-independent key: what a cross-host sync loop names the key by, since TAG's secret differs per host)
-and STRIKES (rejections since the slot was claimed: "this client keeps exceeding this limit").
+The other slot words: LAST_USE (ns, for eviction), PENDING (units admitted here that a sync loop has not
+yet settled: it reads them with ``Table.pending`` and takes them off with ``Table.settle`` once the other
+hosts' units of the same tick are merged in), LIMIT (the limit's seed), GLOBAL (the key's hash under a
+fixed, host-independent key: what a cross-host sync loop names the key by, since TAG's secret differs per
+host), STRIKES (rejections since the slot was claimed: "this client keeps exceeding this limit") and SHARE.
+
+SHARE: the hosts a key's traffic is spread over, as the sync loop last saw it (0 or 1: this host alone,
+or no sync loop). Between two ticks a host knows only its own admissions, so hosts that each see a clump
+of one key at once would each admit what the bucket holds. With SHARE = S > 1, each unit this host
+admitted and the sync loop has not settled yet counts S times in its next decisions (the other hosts are
+assumed to be admitting alike meanwhile); the unit being decided counts once, so every host may still
+take a unit the bucket holds (no limit is ever out of reach, however small). A clump spread over S hosts
+is then admitted up to what the bucket holds plus at most S - 1 units, not S times what it holds. The
+stored state never holds the weight: the tick's merge of the others' real units replaces the estimate,
+and nothing is paid back. A key only this host serves keeps SHARE 1: a client sticking to one host loses
+nothing.
 """
 
 from __future__ import annotations
@@ -78,6 +90,8 @@ PENDING = 3
 LIMIT = 4
 GLOBAL = 5
 STRIKES = 6
+SHARE = 7
+MAX_SHARE = 1024  # hosts a SHARE word may claim (bounds the weighted arithmetic)
 
 GCRA = 0
 SLIDING = 1
@@ -207,15 +221,27 @@ class Table:
         ops.atomic_store(words, base + LIMIT, seed)
         ops.atomic_store(words, base + GLOBAL, ops.keyed_hash(GLOBAL_K0, GLOBAL_K1, seed, key))
         ops.atomic_store(words, base + STRIKES, 0)
+        ops.atomic_store(words, base + SHARE, 0)
 
-    def drain(self, base: int) -> int:
-        """Units admitted in slot ``base`` since the last drain, set back to 0 (for a sync loop)."""
-        return ops.atomic_exchange(self.words, base + PENDING, 0)
+    def pending(self, base: int) -> int:
+        """Units admitted in slot ``base`` and not yet settled (for a sync loop; may be below 0 after refunds)."""
+        return ops.atomic_load(self.words, base + PENDING)
+
+    def settle(self, base: int, tag: int, units: int) -> None:
+        """Takes ``units`` (read by ``pending``) off slot ``base``'s PENDING once the sync loop has them,
+        unless the slot went to another key since (its claim set PENDING to 0)."""
+        words = self.words
+        if units != 0 and ops.atomic_load(words, base + TAG) == tag:
+            ops.atomic_add(words, base + PENDING, -units)
+
+    def set_share(self, base: int, share: int) -> None:
+        """Slot ``base``'s SHARE (see the module docstring): 0 or 1 alone, at most MAX_SHARE."""
+        ops.atomic_store(self.words, base + SHARE, min(max(share, 0), MAX_SHARE))
 
     def slot(self, base: int) -> tuple[int, ...]:
-        """Slot ``base``'s words: (tag, state, last_use, pending, limit seed, global key, strikes)."""
+        """Slot ``base``'s words: (tag, state, last_use, pending, limit seed, global key, strikes, share)."""
         words = self.words
-        return tuple(ops.atomic_load(words, base + i) for i in range(STRIKES + 1))
+        return tuple(ops.atomic_load(words, base + i) for i in range(SHARE + 1))
 
     def slots(self) -> range:
         """The first word of every slot (a sync loop scans these for LIMIT seeds it knows)."""
@@ -295,10 +321,14 @@ class Limit:
         words = table.words
         self.slot = base
         self.tag = h if h != 0 else 1
+        share = ops.atomic_load(words, base + SHARE)
+        extra = 0  # the units other hosts are assumed to have admitted alike since the last tick (see SHARE)
+        if share > 1:
+            extra = (share - 1) * max(ops.atomic_load(words, base + PENDING), 0)
         if self.algorithm == GCRA:
-            admitted = self.take_gcra(words, base + STATE, now)
+            admitted = self.take_gcra(words, base + STATE, now, extra)
         else:
-            admitted = self.take_window(words, base + STATE, now)
+            admitted = self.take_window(words, base + STATE, now, extra)
         ops.atomic_store(words, base + LAST_USE, now)
         if admitted:
             ops.atomic_add(words, base + PENDING, 1)
@@ -306,23 +336,24 @@ class Limit:
         self.strikes = ops.atomic_add(words, base + STRIKES, 1)
         return REJECTED
 
-    def take_gcra(self, words: memoryview, index: int, now: int) -> bool:
+    def take_gcra(self, words: memoryview, index: int, now: int, extra: int) -> bool:
         interval = self.interval
         tolerance = self.tolerance
+        weighted = extra * interval
         while True:
             tat = ops.atomic_load(words, index)
             after = (tat if tat > now else now) + interval
-            if after - now > tolerance:
+            if after + weighted - now > tolerance:
                 self.remaining = 0
                 self.reset = tat - now
-                self.wait = after - now - tolerance
+                self.wait = after + weighted - now - tolerance
                 return False
             if ops.atomic_cas(words, index, tat, after):
-                self.remaining = (tolerance - (after - now)) // interval
+                self.remaining = max(tolerance - (after + weighted - now), 0) // interval
                 self.reset = after - now
                 return True
 
-    def take_window(self, words: memoryview, index: int, now: int) -> bool:
+    def take_window(self, words: memoryview, index: int, now: int, extra: int) -> bool:
         period = self.period
         limit = self.limit
         bits = self.bits
@@ -347,7 +378,7 @@ class Limit:
             else:
                 previous = 0
                 current = 0
-            estimate = previous * weight + current + 1
+            estimate = previous * weight + current + 1 + extra
             if estimate > limit:
                 self.remaining = 0
                 self.reset = period - elapsed

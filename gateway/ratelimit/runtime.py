@@ -11,8 +11,9 @@ Extension points:
   key's strike count (refusals of that key by that limit since it got its slot): what temporary bans
   build on.
 - the cross-host sync loop (gateway/ratelimit/sync.py) uses ``table.slot(base)`` (LIMIT seed, GLOBAL
-  key), ``table.drain(base)`` (units admitted here since the last drain) and ``buckets[seed].absorb(base,
-  units, now)`` (merge what other hosts admitted).
+  key), ``table.pending(base)`` / ``table.settle(base, tag, units)`` (units admitted here and not yet
+  settled), ``buckets[seed].absorb(base, units, now)`` (merge what other hosts admitted) and
+  ``table.set_share(base, hosts)`` (how many hosts a key's traffic is spread over).
 
 Across hosts (``server.redis_url`` set): with a shared table the supervisor runs the host's sync loop
 (gateway/ratelimit/host.py); a worker with a private table (the pure-Python twin, or no supervisor) runs

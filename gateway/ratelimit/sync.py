@@ -9,8 +9,9 @@ One tick (every ``ratelimit.redis.sync_interval``, 20 ms by default):
 
     scan     the PENDING word of every slot (one strided copy of those words, compared with zeros 256 at a
              time: about 0.8 ms for 65,536 slots on this machine, paid every tick, idle or not); each
-             non-zero slot is drained (Table.drain: an atomic exchange with 0), giving the units its
-             workers admitted since the last tick
+             non-zero slot's units are read (Table.pending): what its workers admitted since the last
+             tick. They stay in PENDING until the tick's merge is done (Table.settle subtracts them then),
+             because the stage counts unsettled units SHARE times (below)
     batch    the PUSH script (gateway/ratelimit/lua.py) over every touched bucket: one script call for the
              whole batch on a single server or Sentinel (two arguments a bucket), one call per slot on a
              Cluster, pipelined (redisconn.run_script: one round trip per node, nodes concurrently). For
@@ -22,6 +23,13 @@ One tick (every ``ratelimit.redis.sync_interval``, 20 ms by default):
     absorb   the other hosts' units that are new since the last tick go into the local bucket
              (Limit.absorb: GCRA's TAT moves that many intervals, a window's count grows), so every
              local decision counts the whole fleet's admissions, up to one tick late.
+    share    a key whose ticks brought other hosts' new units within the last second (not counting the
+             first tick's catch-up: what the others took before this host saw the key is no clump) gets
+             SHARE = the live hosts in its slot (1 otherwise); until the next merge, the host counts each unit it admits
+             for that key SHARE times (gateway/_fast/bucket_py.py: the other hosts are assumed to admit
+             alike meanwhile). Without it, a clump of one key that reaches every host within one tick is
+             admitted by each host from the same view: up to hosts x what the bucket held. A key only one
+             host serves keeps SHARE 1, so a client that sticks to one host is never refused for it.
 
 GCRA in Redis: the bucket's hash holds a global TAT on Redis's clock (``t``, microseconds), advanced by
 each host's pushed units (``max(t, now) + units x interval``, capped at a full bucket) and per-host unit
@@ -36,10 +44,11 @@ bucket back after Redis lost it (a restart without persistence). Windows: one ha
 of the current window comes back each tick. Units a tick drains just after a window ends are pushed into
 the new window (conservative: one tick's worth at most).
 
-Accuracy: a host can admit what arrives in one tick before it hears of the others' admissions, so the
-fleet's over-admission is bounded by (hosts - 1) x rate x (sync interval + round trip); a key new to a
-host can take up to one tick's requests before the global count arrives. Units refunded after a drain
-are pushed as negative units.
+Accuracy: a host decides from what it heard at the last merge and its own unsettled units; SHARE keeps a
+clump spread evenly over the hosts to about what the bucket holds, and the merge replaces the estimate
+with the others' real units. What is left: uneven clumps (one host's share of a clump is larger than the
+others'), and a key new to a host, which can take up to one tick's requests before the global count (and
+its SHARE) arrives. Units refunded after they were read are pushed as negative units.
 
 Cost (this 2-core machine, Redis on loopback, compiled table of 65,536 slots): a tick with 1 touched
 bucket about 1.2 ms, with 100 about 6 ms, with 1,000 about 30-40 ms, nearly all of it Python (redis-py
@@ -84,6 +93,7 @@ STORE_STATE = 6  # a spare header word of the table: 0 while decisions are globa
 HOSTS_WORD = 7  # the other spare header word: live hosts at the last heartbeat (the stage's share in fallback)
 UP, FALLBACK = 0, 1
 WATCH_NS = 1_000_000_000  # a bucket is pulled each tick for this long after its last local admission
+SHARE_NS = 1_000_000_000  # a key counts as shared (SHARE: the live hosts) this long after others' units came
 HEARTBEAT_NS = 1_000_000_000
 HOST_TTL_MS = 5000  # a host missing this long is not counted among the live hosts
 CHUNK = 2048  # bytes of PENDING words compared at once (256 slots)
@@ -116,7 +126,7 @@ def dirty_slots(words: memoryview, nslots: int) -> list[int]:
 class Tracked:
     """What a host remembers of a bucket between ticks."""
 
-    __slots__ = ("active", "base", "fresh", "others", "tag", "window")
+    __slots__ = ("active", "base", "fresh", "others", "share", "shared_at", "tag", "window")
 
     def __init__(self, base: int, tag: int) -> None:
         self.base = base
@@ -125,19 +135,23 @@ class Tracked:
         self.others = 0  # the others' units seen at the last tick (in ``window`` for windows)
         self.active = 0  # table ns of the last local admission
         self.fresh = True  # no reply seen yet
+        self.shared_at = -SHARE_NS  # table ns of the last tick that brought other hosts' units
+        self.share = 0  # the slot's SHARE word as this loop last set it
 
 
 class Entry:
     """One bucket in one batch."""
 
-    __slots__ = ("floor", "key", "limit", "units", "window")
+    __slots__ = ("floor", "key", "limit", "read", "units", "window")
 
-    def __init__(self, key: tuple[int, int], limit: Limit, units: int, window: int, floor: int = 0) -> None:
+    def __init__(self, key: tuple[int, int], limit: Limit, units: int, window: int, *, floor: int = 0,
+                 read: int = 0) -> None:
         self.key = key
         self.limit = limit
         self.units = units
         self.window = window
         self.floor = floor  # GCRA: us of occupancy this host knows of besides ``units`` (see gcra_floor)
+        self.read = read  # of ``units``, those read off PENDING this tick (still there until settled)
 
 
 class HostSync:
@@ -207,7 +221,16 @@ class HostSync:
 
     async def tick(self) -> None:
         now = self.table.now()
-        batch = self.collect(now)
+        batch, read = self.collect(now)
+        try:
+            await self.exchange(batch, now)
+        finally:  # the units read are the batch's (or kept as unsent) now: off PENDING, after the merge
+            table = self.table
+            for base, tag, units in read.values():
+                table.settle(base, tag, units)
+
+    async def exchange(self, batch: list[Entry], now: int) -> None:
+        """Pushes the batch and merges the replies, or keeps the units for later (Redis unavailable)."""
         if not batch and now - self.heartbeat_at < HEARTBEAT_NS:
             return
         if not self.breaker.allow():
@@ -242,18 +265,21 @@ class HostSync:
                        if isinstance(reply, Exception) and entry.units}
         self.apply(batch, replies)
 
-    def collect(self, now: int) -> list[Entry]:
-        """Drains every dirty slot; the batch (with the units kept from ticks Redis missed)."""
+    def collect(self, now: int) -> tuple[list[Entry], dict[tuple[int, int], tuple[int, int, int]]]:
+        """Reads every dirty slot's unsettled units; the batch (with the units kept from ticks Redis missed)
+        and what was read, by key: (slot, tag, units), for ``Table.settle`` once the tick is done."""
         table = self.table
-        fresh: dict[tuple[int, int], int] = {}
+        read: dict[tuple[int, int], tuple[int, int, int]] = {}
         for base in dirty_slots(self.words, table.nslots):
             slot = table.slot(base)
-            units = table.drain(base)
-            seed, glob = slot[4], slot[5]
-            if seed not in self.limits or units == 0:
-                continue  # a limit no longer configured
+            units, seed, glob = slot[3], slot[4], slot[5]
+            if seed not in self.limits:
+                table.settle(base, slot[0], units)  # a limit no longer configured
+                continue
             key = (seed, glob)
-            fresh[key] = fresh.get(key, 0) + units
+            if key in read:  # (one key in two slots: only while an eviction races a claim)
+                table.settle(*read[key])
+            read[key] = (base, slot[0], units)
             tracked = self.tracked.get(key)
             if tracked is None or tracked.base != base or tracked.tag != slot[0]:
                 tracked = self.tracked[key] = Tracked(base, slot[0])
@@ -261,15 +287,18 @@ class HostSync:
         batch: list[Entry] = []
         for key, tracked in list(self.tracked.items()):
             limit = self.limits.get(key[0])
-            if limit is None or (now - tracked.active > WATCH_NS and key not in fresh and key not in self.unsent):
+            if limit is None or (now - tracked.active > WATCH_NS and key not in read and key not in self.unsent):
                 del self.tracked[key]
+                if tracked.share:
+                    self.set_share(tracked, 0)
                 continue
             window = now // limit.period if limit.algorithm != GCRA else 0
-            units = fresh.get(key, 0) + self.kept(key, limit, window)
-            floor = gcra_floor(limit, table.slot(tracked.base), tracked.tag, units, now) \
+            fresh = read[key][2] if key in read else 0
+            units = fresh + self.kept(key, limit, window)
+            floor = gcra_floor(limit, table.slot(tracked.base), tracked.tag, units - fresh, now) \
                 if limit.algorithm == GCRA else 0
-            batch.append(Entry(key, limit, units, window, floor))
-        return batch
+            batch.append(Entry(key, limit, units, window, floor=floor, read=fresh))
+        return batch, read
 
     def kept(self, key: tuple[int, int], limit: Limit, window: int) -> int:
         """Units kept from ticks Redis missed (a window's only while that window lasts)."""
@@ -345,20 +374,34 @@ class HostSync:
             others = reply[0]
             if limit.algorithm == GCRA:
                 occupied = reply[1] * 1000
-                units = gcra_catch_up(limit, slot[1] - slot[3] * limit.interval, now, occupied) if tracked.fresh \
-                    else others - tracked.others  # slot[3]: units admitted here since the drain, not in Redis yet
+                # slot[3] - entry.read: units admitted here since the batch was read, not in Redis yet
+                units = gcra_catch_up(limit, slot[1] - (slot[3] - entry.read) * limit.interval, now, occupied) \
+                    if tracked.fresh else others - tracked.others
             else:
                 if now // limit.period != entry.window:
                     continue  # the window ended during the round trip: its count is of no use now
                 if tracked.window != entry.window:
                     tracked.window, tracked.others = entry.window, 0
                 units = others - tracked.others
+            if others > tracked.others and not tracked.fresh:  # others admitting while this host does
+                tracked.shared_at = now  # (not a fresh catch-up: what others took before is no clump)
             tracked.others = others
             tracked.fresh = False
             if units > 0:
                 limit.absorb(tracked.base, units, now)
                 absorbed += units
+            # (at least 2 when others' units came: the live hosts are counted once a second only)
+            share = max(self.hosts, 2) if now - tracked.shared_at < SHARE_NS else 0  # (0: alone)
+            if share != tracked.share:
+                self.set_share(tracked, share)
         self.stats[ABSORBED] += absorbed
+
+    def set_share(self, tracked: Tracked, share: int) -> None:
+        """The slot's SHARE word (gateway/_fast/bucket_py.py): how many hosts this key's traffic is spread
+        over, so that each host counts its unsettled units that many times until the next merge."""
+        if self.table.slot(tracked.base)[0] == tracked.tag:
+            self.table.set_share(tracked.base, share)
+        tracked.share = share
 
     # -- Redis unavailable ----------------------------------------------------------------------------
 
@@ -372,6 +415,9 @@ class HostSync:
         self.unsent = {entry.key: [entry.units, entry.window] for entry in batch if entry.units}
 
     def enter_fallback(self, exc: BaseException) -> None:
+        for tracked in self.tracked.values():  # the stage holds each host to its share meanwhile
+            if tracked.share:
+                self.set_share(tracked, 0)
         self.words[STORE_STATE] = FALLBACK
         self.stats[STATE] = ROW_FALLBACK
         self.stats[TRANSITIONS] += 1
@@ -409,11 +455,11 @@ def describe_kind(limit: Limit) -> tuple[Any, ...]:
 
 
 def gcra_floor(limit: Limit, slot: tuple[int, ...], tag: int, units: int, now: int) -> int:
-    """The occupancy (us) a host's GCRA bucket holds besides the ``units`` it pushes now and those admitted
-    since the drain: a floor for the global TAT. Normally the global TAT is above it already (it holds
-    every host's units); after Redis lost the bucket (a restart without persistence, a failover that lost
-    writes) it puts back what this host knows was used, so a host new to the key, or the others' fresh
-    catch-up, does not start from an empty bucket."""
+    """The occupancy (us) a host's GCRA bucket holds besides the ``units`` kept from earlier ticks and those
+    not yet settled (slot[3]: read for this batch or admitted since): a floor for the global TAT. Normally
+    the global TAT is above it already (it holds every host's units); after Redis lost the bucket (a
+    restart without persistence, a failover that lost writes) it puts back what this host knows was used,
+    so a host new to the key, or the others' fresh catch-up, does not start from an empty bucket."""
     if slot[0] != tag:
         return 0
     return max(slot[1] - now - (units + slot[3]) * limit.interval, 0) // 1000
@@ -421,7 +467,7 @@ def gcra_floor(limit: Limit, slot: tuple[int, ...], tag: int, units: int, now: i
 
 def gcra_catch_up(limit: Limit, tat: int, now: int, occupied: int) -> int:
     """Whole units that bring a local GCRA bucket (TAT ``tat``, less the units admitted here since the
-    drain, which Redis has not seen yet) up to the global occupancy ``occupied`` (ns), rounded to the
+    batch was read, which Redis has not seen yet) up to the global occupancy ``occupied`` (ns), rounded to the
     nearest: the global TAT counts each host's units from the moment they reached
     Redis, a little later than they were taken, so the difference is off by a fraction of an interval
     either way (and a unit is worth an hour under a limit of 1/h)."""

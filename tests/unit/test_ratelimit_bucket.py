@@ -193,10 +193,14 @@ def test_drain_absorb_and_slot_words(impl: ModuleType) -> None:
     lim = limit(impl, bucket.GCRA, 10, burst=10, seed=99, table=table)
     assert takes(lim, b"k", T0, 3) == [A] * 3
     base = lim.slot
-    tag, state, last_use, pending, seed, global_key, strikes = table.slot(base)
-    assert (state, last_use, pending, seed, strikes) == (T0 + 3 * 100 * MS, T0, 3, 99, 0)
+    tag, state, last_use, pending, seed, global_key, strikes, share = table.slot(base)
+    assert (state, last_use, pending, seed, strikes, share) == (T0 + 3 * 100 * MS, T0, 3, 99, 0, 0)
     assert tag == table.hash(99, b"k") and global_key != 0
-    assert table.drain(base) == 3 and table.drain(base) == 0
+    assert table.pending(base) == 3
+    table.settle(base, tag + 1, 3)  # another key's tag: the slot was taken over since, nothing to settle
+    assert table.pending(base) == 3
+    table.settle(base, tag, 3)
+    assert table.pending(base) == 0
     lim.absorb(base, 4, T0)  # four units admitted by other hosts
     assert lim.take(b"k", T0) == A and lim.remaining == 2
     lim.absorb(base, 1000, T0)  # a debt past a full bucket, bounded by one more bucket and one period
@@ -388,3 +392,52 @@ def test_processes_hammering_one_key_admit_exactly_the_limit(shared_buffer: mmap
 def test_module_constants_match_the_twin() -> None:
     assert bucket.GCRA == bucket_py.GCRA and bucket.PROBE == 8 and bucket.MAX_COUNT_BITS == 20
     assert (bucket.IMPLEMENTATION == "compiled") == bucket.SHARED_SAFE
+
+
+def test_share_counts_unsettled_units_once_per_host(impl: ModuleType) -> None:
+    """SHARE = 4: each unit not yet settled counts four times in the next decisions (the unit decided
+    counts once), so a host takes about a quarter of what the bucket holds until the sync loop settles;
+    the stored state holds only the real units."""
+    table, _ = make_table(impl)
+    gcra = limit(impl, bucket.GCRA, 10, burst=20, seed=5, table=table)
+    assert gcra.take(b"k", T0) == A  # claims the slot
+    base = gcra.slot
+    table.set_share(base, 4)
+    # n unsettled units count 4n, the next one once: 4 x 4 + 1 = 17 of 20 admitted, 4 x 5 + 1 not
+    assert takes(gcra, b"k", T0, 5) == [A, A, A, A, R]
+    assert gcra.remaining == 0 and gcra.wait > 0
+    tag, state = table.slot(base)[:2]
+    assert state == T0 + 5 * 100 * MS  # five real units in the TAT, no weight stored
+    table.settle(base, tag, table.pending(base))  # the tick merged: the estimate is gone
+    assert gcra.take(b"k", T0) == A and gcra.remaining == 14
+    table.set_share(base, 1)  # alone again: plain GCRA
+    assert takes(gcra, b"k", T0, 14) == [A] * 14
+    assert gcra.take(b"k", T0) == R
+    table.set_share(base, 10**9)
+    assert table.slot(base)[7] == bucket.MAX_SHARE
+    for algorithm in (bucket.SLIDING, bucket.FIXED):
+        window = limit(impl, algorithm, 8, seed=10 + algorithm, table=table)
+        assert window.take(b"w", T0) == A
+        wbase = window.slot
+        table.settle(wbase, table.slot(wbase)[0], 1)
+        table.set_share(wbase, 2)
+        # settled 1, n unsettled counting 2n, the next once: 1 + 2 x 3 + 1 = 8 admitted, 1 + 2 x 4 + 1 not
+        assert takes(window, b"w", T0, 5) == [A, A, A, A, R]
+        table.settle(wbase, table.slot(wbase)[0], 4)
+        table.set_share(wbase, 0)
+        assert takes(window, b"w", T0, 4) == [A, A, A, R]  # 5 + 3 = 8
+    one = limit(impl, bucket.FIXED, 1, seed=30, table=table)  # a limit of 1: still within reach when shared
+    assert one.take(b"o", T0) == A
+    table.settle(one.slot, table.slot(one.slot)[0], 1)
+    table.set_share(one.slot, 8)
+    assert one.take(b"o", T0 + SEC) == A
+
+
+def test_a_claim_resets_share(impl: ModuleType) -> None:
+    table, _ = make_table(impl, slots=8)
+    lim = limit(impl, bucket.GCRA, 10, burst=10, seed=1, table=table)
+    for i in range(8):
+        assert lim.take(b"k%d" % i, T0 + i) == A
+        table.set_share(lim.slot, 3)
+    assert lim.take(b"new", T0 + 100) == A  # takes over the least recently used slot
+    assert table.slot(lim.slot)[7] == 0

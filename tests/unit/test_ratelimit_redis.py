@@ -214,10 +214,13 @@ async def test_two_hosts_share_a_gcra_bucket(prefix: tuple[str, str]) -> None:
         assert admitted(b.take(1)) == 1
         await b.sync.tick()  # B pushes 1, learns the global occupancy (7 units), catches up to it
         assert b.sync.stats[ABSORBED] == 6
+        assert b.table.slot(b.limit.slot)[7] == 0  # SHARE: a catch-up is no clump, B decides alone
         assert admitted(b.take(5)) == 3  # 10 - 7 left
         await b.sync.tick()
-        await a.sync.tick()  # A hears of B's 4 units by the counters
+        assert b.table.pending(b.limit.slot) == 0  # settled
+        await a.sync.tick()  # A hears of B's 4 units by the counters, while it watches the key
         assert a.sync.stats[ABSORBED] == 4
+        assert a.table.slot(a.limit.slot)[7] == 2  # shared: A's unsettled units count twice from now on
         assert a.take(1) == [REJECTED]
         assert b.sync.hosts == 2 or a.sync.hosts == 2  # the heartbeats
         with redis.Redis.from_url(url) as client:
@@ -242,6 +245,8 @@ async def test_two_hosts_share_a_window(prefix: tuple[str, str], algorithm: str)
         await b.sync.tick()  # B: 4 others in this window
         await a.sync.tick()  # A: 1 other
         assert (a.sync.stats[ABSORBED], b.sync.stats[ABSORBED]) == (1, 4)
+        assert a.table.slot(a.limit.slot)[7] == 2  # A saw B admit meanwhile: shared
+        assert b.table.slot(b.limit.slot)[7] == 0  # B's first reply, a catch-up: alone
         assert admitted(b.take(10)) == 5
         await b.sync.tick()
         await a.sync.tick()
@@ -309,7 +314,7 @@ async def test_apply_skips_failed_calls_moved_slots_and_ended_windows(prefix: tu
     a = Host(url, name, spec)
     try:
         a.take(1)
-        batch = a.sync.collect(a.table.now())
+        batch, _ = a.sync.collect(a.table.now())
         [entry] = batch
         a.sync.apply(batch, [redis.ConnectionError("node down")])  # a Cluster node failed: nothing absorbed
         ended = Entry(entry.key, entry.limit, 0, entry.window - 1)
@@ -491,7 +496,7 @@ async def test_a_bucket_redis_lost_is_put_back_by_the_hosts_that_know_it(prefix:
         await b.sync.tick()  # B, new to the key, catches up on the occupancy A put back
         assert b.sync.stats[ABSORBED] == 6
         assert admitted(b.take(5)) == 3
-        empty = a.sync.collect(a.table.now())[0]
+        empty = a.sync.collect(a.table.now())[0][0]
         assert gcra_floor(a.limit, (0,) * 7, 1, 0, 0) == 0 and empty.floor > 0  # another key's slot: no floor
     finally:
         await a.close()
