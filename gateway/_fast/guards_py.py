@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 
+from gateway._fast.bucket_ops import siphash
+
 PROBE = 16  # slots a key may occupy, from its hash on
 HEADER = 8
 K0, K1, EPOCH, TOTAL = 1, 2, 3, 4
@@ -68,39 +70,10 @@ def slots_for(size: int, lanes: int) -> int:
     return slots
 
 
-def _rotl(x: int, b: int) -> int:
-    return ((x << b) | (x >> (64 - b))) & M64
-
-
-def _sipround(v: list[int]) -> None:
-    v0, v1, v2, v3 = v
-    v0 = (v0 + v1) & M64
-    v1 = _rotl(v1, 13) ^ v0
-    v0 = _rotl(v0, 32)
-    v2 = (v2 + v3) & M64
-    v3 = _rotl(v3, 16) ^ v2
-    v0 = (v0 + v3) & M64
-    v3 = _rotl(v3, 21) ^ v0
-    v2 = (v2 + v1) & M64
-    v1 = _rotl(v1, 17) ^ v2
-    v[:] = v0, v1, _rotl(v2, 32), v3
-
-
 def siphash24(k0: int, k1: int, data: bytes) -> int:
-    """SipHash-2-4 of ``data`` under the key (k0, k1): the same function the compiled build runs."""
-    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D, k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
-    tail = len(data) & 7
-    blocks = [int.from_bytes(data[i:i + 8], "little") for i in range(0, len(data) - tail, 8)]
-    blocks.append(((len(data) & 0xFF) << 56) | int.from_bytes(data[len(data) - tail:], "little"))
-    for block in blocks:
-        v[3] ^= block
-        _sipround(v)
-        _sipround(v)
-        v[0] ^= block
-    v[2] ^= 0xFF
-    for _ in range(4):
-        _sipround(v)
-    return v[0] ^ v[1] ^ v[2] ^ v[3]
+    """SipHash-2-4 of ``data`` under the key (k0, k1): the same function the compiled build runs (one
+    SipHash in pure Python, bucket_ops's, with the 2-4 rounds)."""
+    return siphash(k0 & M64, k1 & M64, data, 2, 4)
 
 
 class Tables:
