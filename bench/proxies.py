@@ -30,16 +30,21 @@ worker_processes 1; daemon off; pid {dir}/proxy-{port}.pid; error_log {dir}/prox
 worker_rlimit_nofile 20000;
 events {{ worker_connections 16384; }}
 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;{http_extra}
   upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; }}
   server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://backend;
-    proxy_http_version 1.1; proxy_set_header Connection "";{streaming} }} }} }}
+    proxy_http_version 1.1; proxy_set_header Connection {connection};{streaming} }} }} }}
 """
 # Streaming both ways, as the gateway does: without these nginx would spool 100 MB bodies to disk; the
 # buffers of 256 KiB (defaults 16 KiB and one page) spare nginx tiny reads and writes.
 NGINX_STREAMING = (" client_max_body_size 0; proxy_request_buffering off; proxy_buffering off;"
                    " client_body_buffer_size 256k; proxy_buffer_size 256k; proxy_buffers 4 256k;"
                    " proxy_busy_buffers_size 512k;")
+# WebSocket and SSE (scenario streams), as nginx's documentation has it: the client's Upgrade passed on and
+# Connection "upgrade" for an upgrade request only (other requests keep the keep-alive pool), responses
+# relayed as they arrive, and no 60 s cut of a quiet stream.
+NGINX_REALTIME_MAP = ' map $http_upgrade $connection_upgrade { default upgrade; "" ""; }'
+NGINX_REALTIME = " proxy_set_header Upgrade $http_upgrade; proxy_buffering off; proxy_read_timeout 1h;"
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Setup:
     core: int
     config: Path | None = None  # gateway YAML (routes); None: quick mode --upstream
     streaming: bool = False  # nginx configured to stream bodies (scenario bodies)
+    realtime: bool = False  # nginx configured for WebSocket upgrades and SSE (scenario streams)
 
 
 @dataclass
@@ -134,8 +140,11 @@ def ready_workers(admin_port: int, proc: subprocess.Popen[bytes], timeout: float
 
 def _nginx(proxy: Proxy, setup: Setup, port: int) -> Running:
     conf = setup.work / f"proxy-{port}.conf"
-    conf.write_text(NGINX_PROXY.format(dir=setup.work, port=port, upstream=setup.upstream_port,
-                                       streaming=NGINX_STREAMING if setup.streaming else ""))
+    streaming = (NGINX_STREAMING if setup.streaming else "") + (NGINX_REALTIME if setup.realtime else "")
+    conf.write_text(NGINX_PROXY.format(
+        dir=setup.work, port=port, upstream=setup.upstream_port, streaming=streaming,
+        http_extra=NGINX_REALTIME_MAP if setup.realtime else "",
+        connection="$connection_upgrade" if setup.realtime else '""'))
     proc = procs.start(["nginx", "-e", str(setup.work / "proxy.err"), "-c", str(conf)], proxy.core or setup.core)
     return _serving_when_listening(proxy, proc, port, lambda: procs.children(proc.pid))
 

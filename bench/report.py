@@ -32,6 +32,17 @@ COLUMNS: dict[str, list[Column]] = {
         ("p99_ms", "p99 ms", "{:.2f}"), ("max_ms", "max ms", "{:.1f}"), ("max_queue", "max queued", "{:,.0f}"),
         ("client_cpu_share", "client's core use", "{:.0%}"),
     ],
+    "websocket": [
+        ("messages_per_s", "messages/s", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"), ("p99_ms", "p99 ms", "{:.2f}"),
+        ("cpu_us_per_message", "CPU µs/message", "{:.1f}"), ("peak_rss_mib", "peak RSS MiB", "{:.1f}"),
+        ("client_cpu_share", "client's core use", "{:.0%}"), ("upstream_cpu_share", "upstream's core use", "{:.0%}"),
+    ],
+    "sse": [
+        ("events_per_s", "events/s delivered", "{:,.0f}"), ("p50_ms", "p50 ms", "{:.2f}"),
+        ("p99_ms", "p99 ms", "{:.2f}"), ("max_ms", "max ms", "{:.1f}"), ("cpu_us_per_event", "CPU µs/event", "{:.1f}"),
+        ("peak_rss_mib", "peak RSS MiB", "{:.1f}"), ("events_lost", "events lost", "{:,.0f}"),
+        ("client_cpu_share", "client's core use", "{:.0%}"), ("upstream_cpu_share", "upstream's core use", "{:.0%}"),
+    ],
     "idle": [
         ("bytes_per_connection", "bytes per idle connection", "{:,.0f}"),
         ("rss_before_mib", "RSS before MiB", "{:.1f}"), ("rss_after_mib", "RSS after MiB", "{:.1f}"),
@@ -220,7 +231,8 @@ def write(results: Mapping[str, Any], stem: Path) -> str:
 
 
 def chart(results: Mapping[str, Any], path: Path) -> str | None:
-    """A PNG of req/s and CPU per request per throughput scenario and of body MB/s; None, or why not."""
+    """A PNG of req/s and CPU per request per throughput scenario, body MB/s and the streams figures; None, or
+    why not."""
     try:
         import matplotlib
 
@@ -263,7 +275,25 @@ def chart_panels(results: Mapping[str, Any]) -> list[tuple[str, Groups, bool]]:
     if bodies.get("rows"):
         groups = {d: {n: r["median"].get(f"{d}_mb_s") for n, r in bodies["rows"].items()} for d in ("up", "down")}
         panels.append((f"body MB/s ({results['settings']['body_bytes'] / 1e6:,.0f} MB)", groups, False))
+    return panels + stream_panels(results)
+
+
+def stream_panels(results: Mapping[str, Any]) -> list[tuple[str, Groups, bool]]:
+    """WebSocket messages/s, and the proxy's CPU per WebSocket message and per SSE event (scenario 5)."""
+    echo = results["scenarios"].get("websocket", {}).get("rows")
+    events = results["scenarios"].get("sse", {}).get("rows")
+    panels: list[tuple[str, Groups, bool]] = []
+    if echo:
+        panels.append(("WebSocket echo messages/s", {"echo": per_proxy(echo, "messages_per_s")}, False))
+    cpu = {label: per_proxy(rows, key) for label, key, rows in (
+        ("WebSocket message", "cpu_us_per_message", echo), ("SSE event", "cpu_us_per_event", events)) if rows}
+    if cpu:
+        panels.append(("streams: CPU µs per message / event", cpu, False))
     return panels
+
+
+def per_proxy(rows: Mapping[str, Mapping[str, Any]], key: str) -> dict[str, float | None]:
+    return {name: row["median"].get(key) for name, row in rows.items()}
 
 
 def bars(axis: Any, groups: Groups, names: list[str], colors: Mapping[str, str]) -> None:

@@ -50,8 +50,11 @@ def sample_paths(entries: list[tuple[dict[str, Any], str]]) -> list[str]:
 def write_config(directory: Path, count: int, upstream_port: int, access_log: bool,
                  jwt: bool = False) -> tuple[Path, list[str], dict[str, str]]:
     """A gateway config with ``count`` routes (JSON, which is YAML too), the paths to request and the
-    headers to send. With ``jwt`` every route requires an RS256 token (key in a local PEM file) and
-    forwards its subject; the headers carry one valid token (a client reusing its token, as they do)."""
+    headers to send. With ``jwt`` (the full path) every route requires an RS256 token (key in a local PEM
+    file) and forwards its subject, the headers carry one valid token (a client reusing its token, as they
+    do), and every route is rate limited per subject: a GCRA bucket in the shared table, checked and
+    updated on every request, with a limit far above what one core serves, so it never refuses and the
+    figure is the check's cost, not refusals."""
     entries = routes(count)
     document: dict[str, Any] = {
         "server": {"access_log": access_log},
@@ -66,6 +69,8 @@ def write_config(directory: Path, count: int, upstream_port: int, access_log: bo
         }}}
         for entry, _ in entries:
             entry["auth"] = {"mode": "required", "forward": {"sub": "X-User-Id"}}
+        document["ratelimit"] = {"default": ["per-subject"], "policies": {"per-subject": {
+            "key": "subject", "limits": [{"rate": "1000000/s", "burst": 1000000, "algorithm": "gcra"}]}}}
         headers["Authorization"] = f"Bearer {token}"
     path = directory / f"routes-{count}{'-jwt' if jwt else ''}.yaml"
     path.write_text(json.dumps(document, indent=1))

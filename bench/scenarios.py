@@ -83,7 +83,8 @@ def round_robin(proxies: Sequence[Proxy], rounds: int, measure: Callable[[Proxy]
 def progress(row: Row) -> str:
     shown = {"rps": "{:,.0f} req/s", "p99_ms": "p99 {:.2f} ms", "cpu_us_per_request": "{:.1f} CPU µs/req",
              "up_mb_s": "up {:,.0f} MB/s", "down_mb_s": "down {:,.0f} MB/s", "achieved_rate": "{:,.0f} req/s done",
-             "bytes_per_connection": "{:,.0f} bytes/connection", "errors": "errors: {}"}
+             "bytes_per_connection": "{:,.0f} bytes/connection", "messages_per_s": "{:,.0f} messages/s",
+             "events_per_s": "{:,.0f} events/s", "errors": "errors: {}"}
     return "  ".join(spec.format(row[k]) for k, spec in shown.items() if row.get(k))
 
 

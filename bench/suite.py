@@ -4,18 +4,20 @@ What it measures (one proxy worker pinned to CPU 0; wrk, the other clients and t
 proxies alternating round-robin over several rounds; medians of the rounds):
 
 1. plain: every path proxied to one upstream (req/s, p50/p99, CPU µs per request, peak RSS).
-2. full: 1,000 routes with parameters, access log on, request ids generated (JWT, rate limiting and
-   metrics join as they land).
+2. full: 1,000 routes with parameters, access log on, request ids generated, a JWT verified (cached) and
+   a rate limit per subject checked on every request, metrics on.
 3. routes10k: the same with 10,000 routes.
 4. bodies: 100 MB uploads and downloads streamed through each proxy, MB/s.
-5. streams: WebSocket echo and SSE (skipped until the gateway has them).
+5. streams: WebSocket echo (64 connections in ping-pong: messages/s, round trip, CPU µs per message) and
+   SSE (500 streams of 40 events/s: events/s delivered, delivery latency, CPU µs per event) against the
+   built-in upstream (``bench/streams.py``); nginx and, for SSE, the stock-uvicorn app as peers.
 plus latency (p99 at a fixed rate of half nginx's peak), idle (memory per idle keep-alive connection),
 workers (1 against 2 workers; not a valid scaling figure on 2 cores) and every ``bench/micro_*.py``
 micro-benchmark (compiled against pure Python).
 Against what: nginx as a reverse proxy (one worker, keep-alive upstream pool), the gateway's own app on
 stock uvicorn, and FastAPI + httpx; the gateway on its pure-Python twins in scenario 1.
 
-How to run: ``python -m bench`` (about 12 minutes), ``python -m bench --quick`` (under 2 minutes), one
+How to run: ``python -m bench`` (about 13 minutes), ``python -m bench --quick`` (under 2 minutes), one
 scenario with ``--scenario NAME`` (repeatable); ``--seconds``, ``--rounds``, ``--out DIR``. Writes
 ``bench/results/<date>.json``, ``.md`` and ``.png`` and prints the Markdown with the target lines.
 Needs wrk (installed with apt-get when missing and allowed), nginx (optional: apt-get install
@@ -44,14 +46,12 @@ from types import FrameType, ModuleType
 from typing import Any
 
 import bench
-from bench import procs, report, routes, scenarios, targets, wrk
+from bench import procs, report, routes, scenarios, streams, targets, wrk
 from bench.proxies import FASTAPI, GATEWAY, GATEWAY_PURE, NGINX, UVICORN, Proxy, start_upstream
 from bench.scenarios import Context
 
 SCENARIOS = ("plain", "latency", "full", "routes10k", "workers", "idle", "bodies", "streams", "micro")
 RESULTS = Path(__file__).resolve().parent / "results"
-STREAMS_SKIPPED = ("the gateway has no WebSocket or SSE support yet; WebSocket echo and SSE streams are measured "
-                   "here once those features land")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Run:
     have_fastapi: bool
     results: dict[str, Any]
     nginx_rps: float | None = None
-    builtin_upstream: int | None = None
+    builtin_upstream: streams.Upstream | None = None
     skipped: list[str] = field(default_factory=list)
 
 
@@ -163,14 +163,13 @@ def prepare(plan: Plan, work: Path) -> Run:
     proxy_core, load_core = procs.cores()
     have_nginx = shutil.which("nginx") is not None
     have_fastapi = all(importlib.util.find_spec(m) is not None for m in ("fastapi", "httpx"))
-    _, upstream_port = start_upstream(work, load_core, builtin=not have_nginx)
+    upstream, upstream_port = start_upstream(work, load_core, builtin=not have_nginx)
     ctx = Context(work=work, proxy_core=proxy_core, load_core=load_core, upstream_port=upstream_port,
                   seconds=plan.seconds, rounds=plan.rounds, warmup=plan.warmup, body_bytes=plan.body_bytes,
                   idle_connections=plan.idle_connections)
     run = Run(plan, ctx, have_nginx, have_fastapi, new_results(plan, ctx, have_nginx))
-    if not have_nginx:
-        run.builtin_upstream = upstream_port  # the built-in upstream serves the body scenario as well
-    if not have_nginx:
+    if not have_nginx:  # the built-in upstream serves the body and streams scenarios as well
+        run.builtin_upstream = streams.Upstream(upstream_port, upstream.pid)
         run.skipped.append("nginx is not installed (apt-get install -y nginx-light): the built-in upstream "
                            "serves instead, and the nginx peer and every target against nginx are skipped")
     if not have_fastapi:
@@ -238,13 +237,15 @@ def run_routes(run: Run, key: str, count: int, title: str, jwt: bool = False) ->
         f"over {len(paths):,} paths of distinct routes; access log on (to /dev/null) and a request id generated "
         "for every request; metrics always on. " + (
             "Every route requires an RS256 JWT (pyjwt; key from a PEM file) and forwards its subject as "
-            "X-User-Id; wrk sends one valid token, so the verified-token cache answers after the first. "
-            if jwt else "") + "Rate limiting joins this scenario when it lands. The gateway app on stock uvicorn "
+            "X-User-Id; wrk sends one valid token, so the verified-token cache answers after the first. Every "
+            "route is rate limited per subject (GCRA in the shared table, 1,000,000/s: checked and counted on "
+            "every request, never refusing; X-RateLimit-* headers on every response). "
+            if jwt else "") + "The gateway app on stock uvicorn "
         "runs the same config; nginx and FastAPI + httpx proxy every path (plain), as the reference."))
 
 
 def run_full(run: Run) -> None:
-    run_routes(run, "full", 1_000, "2. Full path: 1,000 routes, JWT, metrics", jwt=True)
+    run_routes(run, "full", 1_000, "2. Full path: 1,000 routes, JWT, rate limit, metrics", jwt=True)
 
 
 def run_routes10k(run: Run) -> None:
@@ -286,11 +287,17 @@ def run_idle(run: Run) -> None:
             "connections; the difference divided by their number. Kernel socket buffers are not in RSS."))
 
 
-def run_bodies(run: Run) -> None:
+def builtin_upstream(run: Run) -> streams.Upstream:
+    """The built-in upstream (``bench.upstream``) on the load core, started when first needed."""
     if run.builtin_upstream is None:
-        _, run.builtin_upstream = start_upstream(run.ctx.work, run.ctx.load_core, builtin=True)
+        proc, port = start_upstream(run.ctx.work, run.ctx.load_core, builtin=True)
+        run.builtin_upstream = streams.Upstream(port, proc.pid)
+    return run.builtin_upstream
+
+
+def run_bodies(run: Run) -> None:
     size = f"{run.ctx.body_bytes / 1e6:,.0f} MB"
-    rows = scenarios.bodies(run.ctx, [GATEWAY, *peers(run)], run.builtin_upstream)
+    rows = scenarios.bodies(run.ctx, [GATEWAY, *peers(run)], builtin_upstream(run).port)
     add(run, "bodies", title=f"4. {size} bodies streamed both ways", kind="bodies", rows=rows, note=(
         f"One upload (POST, Content-Length) and one download (GET) of {size} per proxy and round, each on a fresh "
         "connection, from a Python client on the load core, against the built-in upstream (`bench.upstream`). "
@@ -300,8 +307,39 @@ def run_bodies(run: Run) -> None:
 
 
 def run_streams(run: Run) -> None:
-    add(run, "streams", title="5. WebSocket echo and SSE streams", skipped=STREAMS_SKIPPED)
-    print(f"  skipped: {STREAMS_SKIPPED}")
+    upstream = builtin_upstream(run)
+    nginx = [NGINX] if run.have_nginx else []
+    rows = streams.websocket(run.ctx, [GATEWAY, *nginx], upstream)
+    add(run, "websocket", title="5a. WebSocket echo", short="websocket", kind="websocket", rows=rows, note=(
+        f"{streams.WS_CONNECTIONS} WebSocket connections through each proxy to the built-in upstream's echo "
+        f"server, each keeping one {streams.WS_BYTES}-byte message in flight (ping-pong) for the run's duration; "
+        "the round trip is the client's, from write to echo. The gateway tunnels bytes after the upstream's 101 "
+        "(`gateway.realtime.tunnel`); nginx with `proxy_set_header Upgrade $http_upgrade` and `Connection "
+        "\"upgrade\"`. The gateway app on stock uvicorn cannot tunnel: uvicorn takes the upgrade itself and hands "
+        "the app a `websocket` scope, which the app does not serve, so the handshake gets a 500 and that peer "
+        "is not in this table. In this closed loop messages/s also depends on how the scheduler interleaves the "
+        "client and the upstream on their shared core; CPU µs per message is the proxy's own cost. "
+        f"{load_note(rows)}"))
+    rows = streams.sse(run.ctx, [GATEWAY, *peers(run, fastapi=False)], upstream)
+    add(run, "sse", title="5b. SSE streams", short="sse", kind="sse", rows=rows, note=(
+        f"{streams.SSE_STREAMS} `text/event-stream` responses (chunked, one 100-byte event per chunk) of "
+        f"{streams.SSE_RATE} events/s each, {streams.SSE_STREAMS * streams.SSE_RATE:,} events/s offered in all, "
+        "from the built-in upstream through each proxy; latency runs from the upstream's write (a timestamp in "
+        "the event) to the client's read. nginx with `proxy_buffering off`; FastAPI + httpx reads whole bodies "
+        "and would never deliver an endless stream, so it is left out. The gateway app on stock uvicorn does not "
+        "notice its client leaving (uvicorn drops an app's writes after a disconnect) and would relay on, so the "
+        f"upstream's streams are ended after each run (`GET /events/end`). {load_note(rows)}"))
+
+
+def load_note(rows: dict[str, dict[str, Any]]) -> str:
+    """What the load core did: the client's and the upstream's shares of it, over the proxies."""
+    def span(key: str) -> str:
+        shares = [r["median"].get(key) for r in rows.values() if report.is_number(r["median"].get(key))]
+        return f"{min(shares):.0%}-{max(shares):.0%}" if shares else "-"
+
+    return (f"The client (one uvloop process) used {span('client_cpu_share')} of the load core and the upstream "
+            f"{span('upstream_cpu_share')}; where the two add up to nearly all of it, the load core, not the "
+            "proxy, set the pace and the proxy's figure is a lower bound.")
 
 
 def micro_modules() -> dict[str, ModuleType]:
