@@ -139,6 +139,49 @@ def test_params_before_a_literal_tail(impl: ModuleType) -> None:
     assert r.lookup("h", "GET", "/q/w/z/rest") == ("u", {"a": "q", "b": "w"}, 6)
 
 
+def test_params_after_a_long_literal_head(impl: ModuleType) -> None:
+    # the walk for params starts after the literal segments before the first one, whose length is fixed
+    r = make(impl, ("/api/v1/svc7/{org}/repos/{repo}", "x"), ("/static/app7/{v}", "p", {"prefix": True}))
+    assert r.lookup("h", "GET", "/api/v1/svc7/acme/repos/gw") == ("x", {"org": "acme", "repo": "gw"}, 26)
+    assert r.lookup("h", "GET", "/static/app7/v2/js/main.js") == ("p", {"v": "v2"}, 15)
+
+
+# --- literal children: many, and any characters ------------------------------------------------------
+
+
+def test_many_literal_children_at_one_node(impl: ModuleType) -> None:
+    # the compiled build's probe table grows and probes past taken slots; every child stays reachable
+    names = [f"svc{i}" for i in range(2_000)] + ["", "x" * 40, "svc", "Svc1"]
+    r = make(impl, *((f"/api/{name}/items", name) for name in names))
+    for name in names:
+        assert r.lookup("h", "GET", f"/api/{name}/items") == (name, None, len(name) + 11)
+    for missing in ("svc2000", "svc1x", "svc01", "sv", "x" * 39, "x" * 41, "SVC1", "svc1/"):
+        assert r.lookup("h", "GET", f"/api/{missing}/items") is None
+
+
+@pytest.mark.parametrize(
+    ("literal", "other"),
+    [("café", "日本"), ("日本", "café"), ("\U0001f600", "é"), ("é", "\U0001f600"), ("a", "\U0001f600")],
+    ids=ascii,
+)
+def test_literals_match_whatever_the_strings_kinds(impl: ModuleType, literal: str, other: str) -> None:
+    # a literal and the path segment equal to it may be stored with different character widths
+    r = make(impl, (f"/{literal}/{{x}}", "param"), (f"/{literal}/{literal}", "static"), (f"/{other}", "o"))
+    assert r.lookup("h", "GET", f"/{literal}/{other}") == ("param", {"x": other}, len(literal) + len(other) + 2)
+    assert r.lookup("h", "GET", f"/{literal}/{literal}") == ("static", None, 2 * len(literal) + 2)
+    assert r.lookup("h", "GET", f"/{other}") == ("o", None, len(other) + 1)
+    assert r.lookup("h", "GET", f"/{literal}{other}/{literal}") is None
+    assert r.lookup("h", "GET", f"/{other}/{literal}") is None
+
+
+def test_a_route_without_params_has_one_result(impl: ModuleType) -> None:
+    # made once, when the route is added: the same tuple for every path it matches
+    r = make(impl, ("/a/b", "exact"), ("/p", "prefix", {"prefix": True}), ("/a/{x}", "param"))
+    assert r.lookup("h", "GET", "/a/b") is r.lookup("h", "POST", "/a/b")
+    assert r.lookup("h", "GET", "/p/1") is r.lookup("h", "GET", "/p/2/3") == ("prefix", None, 2)
+    assert r.lookup("h", "GET", "/a/c") is not r.lookup("h", "GET", "/a/c")
+
+
 # --- specificity -------------------------------------------------------------------------------------
 
 
@@ -172,6 +215,16 @@ def test_search_backtracks_from_a_dead_literal_branch(impl: ModuleType) -> None:
     r = make(impl, ("/a/b/c", "abc"), ("/a/{x}/d", "axd"))
     assert r.lookup("h", "GET", "/a/b/d") == ("axd", {"x": "b"}, 6)
     assert r.lookup("h", "GET", "/a/b/c") == ("abc", None, 6)
+
+
+def test_search_backtracks_past_nodes_it_stepped_through(impl: ModuleType) -> None:
+    # nodes with nothing to fall back to are stepped through without a call: a dead end below them still
+    # returns to the last node that has an alternative
+    r = make(impl, ("/p", "prefix", {"prefix": True}), ("/p/q/r/s", "deep"), ("/p/{x}/r/t", "param"))
+    assert r.lookup("h", "GET", "/p/q/r/s") == ("deep", None, 8)
+    assert r.lookup("h", "GET", "/p/q/r/t") == ("param", {"x": "q"}, 8)
+    assert r.lookup("h", "GET", "/p/q/r/u") == ("prefix", None, 2)
+    assert r.lookup("h", "GET", "/p/q/r") == ("prefix", None, 2)
 
 
 def test_search_backtracks_to_a_shallower_prefix(impl: ModuleType) -> None:
@@ -265,6 +318,17 @@ def test_longest_wildcard_wins_then_shorter_ones(impl: ModuleType) -> None:
     assert r.lookup("eu.example.com", "GET", "/a")[0] == "short"
     assert r.lookup("example.com", "GET", "/a") is None
     assert r.lookup(".example.com", "GET", "/a") is None
+
+
+@pytest.mark.parametrize(
+    ("host", "tier"),
+    [("", "any"), ("x", "any"), ("com", "any"), ("example.com", "any"), ("xexample.com", "any"),
+     ("a.example.com", "wild"), ("a.b.example.com", "wild"), ("é.example.com", "wild"), ("日.example.com", "wild"),
+     ("a.example.co", "any"), ("a.example.com.", "any")],
+)
+def test_wildcard_suffixes_are_found_in_any_host(impl: ModuleType, host: str, tier: str) -> None:
+    r = make(impl, ("/a", "wild", {"hosts": ("*.example.com",)}), ("/a", "any"))
+    assert r.lookup(host, "GET", "/a") == (tier, None, 2)
 
 
 def test_a_route_can_serve_several_hosts(impl: ModuleType) -> None:
