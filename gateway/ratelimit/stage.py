@@ -164,12 +164,24 @@ class RateLimitStage(Stage):
         self.store_state = store_state  # the table's words when a sync loop may set STORE_STATE, else None
         self.on_store_error = on_store_error
         self.degraded_allowed, self.degraded_rejected = degraded_cell, degraded_cell + 1
+        # a ``mode: sync`` limit (decided in Redis, awaited) among any of the policies' limits
+        self.remote = any(applied.remote is not None for policy in policies
+                          for limits in (policy.limits, *policy.tiers.values()) for applied in limits)
 
     async def __call__(self, ex: Exchange) -> None:
         deferred = self.check(ex)
         if deferred is not None:
             await self.check_remote(ex, deferred)
         await self.next(ex)  # type: ignore[misc]
+
+    def enter(self, ex: Exchange) -> bool:
+        """The stage without awaiting (the proxy's fast lane, gateway/proxy/lane.py): the table's limits
+        decide at once (a refusal raises). False, before anything is taken, on a route with a ``mode: sync``
+        limit: its Redis call is awaited in ``__call__``."""
+        if self.remote:
+            return False
+        self.check(ex)
+        return True
 
     def check(self, ex: Exchange) -> Deferred | None:
         """Takes a unit from every limit, or none; raises TooManyRequests on a refusal. Returns what is

@@ -38,12 +38,28 @@ class Upstream(Stage):
         self.subject = ex.subject
 
 
+ENTER: list[bool] = [False]
+
+
+@pytest.fixture(autouse=True, params=["call", "enter"])
+def stage_entry(request: pytest.FixtureRequest) -> Any:
+    """Every test here runs the stage both ways: awaited (``__call__``) and synchronously (``enter``, the
+    proxy's fast lane), which must decide alike (falling back to ``__call__`` where it returns False)."""
+    ENTER[0] = request.param == "enter"
+    yield
+    ENTER[0] = False
+
+
 def run(policy: RoutePolicy, headers: list[tuple[bytes, bytes]], query: bytes = b"",
         v: Any = None) -> Upstream:
     stage = AuthStage(policy, v or verifier())
     upstream = stage.next = Upstream()
     scope = {"headers": headers, "query_string": query}
-    asyncio.run(stage(Exchange(scope, None, None, 0.0)))  # type: ignore[arg-type]
+    ex = Exchange(scope, None, None, 0.0)  # type: ignore[arg-type]
+    if ENTER[0] and stage.enter(ex):
+        asyncio.run(upstream(ex))
+        return upstream
+    asyncio.run(stage(ex))
     return upstream
 
 
@@ -347,3 +363,20 @@ def test_rsa_keys_in_the_stage_setup() -> None:
     """The stage shares the worker's verifier: a key of another issuer never verifies this one's tokens."""
     v = verifier([key_of(RSA_KEY_2, "k1")])
     assert isinstance(refused(RoutePolicy(), [bearer()], v=v), InvalidToken)
+
+
+def test_enter_leaves_what_must_wait_to_the_stage() -> None:
+    """``enter`` (the fast lane) does nothing and returns False where ``__call__`` must await: a token whose
+    key is not at hand yet; a route with sessions, login or relay. A refused query token still leaves the
+    query (it must not reach the access log)."""
+    unknown_kid = mint(kid="not-yet-published")
+    ex = Exchange({"headers": [bearer(unknown_kid)], "query_string": b""}, None, None, 0.0)  # type: ignore[arg-type]
+    assert AuthStage(RoutePolicy(), verifier()).enter(ex) is False
+    assert ex.scope["headers"] == [bearer(unknown_kid)] and ex.subject is None  # untouched
+    stage = AuthStage(RoutePolicy(session=True), verifier())
+    stage.sessions = object()  # type: ignore[assignment]
+    assert stage.enter(Exchange({"headers": [], "query_string": b""}, None, None, 0.0)) is False  # type: ignore[arg-type]
+    scope = {"headers": [], "query_string": b"access_token=" + mint(exp=1) + b"&a=1"}
+    with pytest.raises(InvalidToken):
+        AuthStage(RoutePolicy(query="access_token"), verifier()).enter(Exchange(scope, None, None, 0.0))  # type: ignore[arg-type]
+    assert scope["query_string"] == b"a=1"

@@ -42,10 +42,26 @@ def server() -> Iterator[OAuthServer]:
     server.close()
 
 
+ENTER: list[bool] = [False]
+
+
+@pytest.fixture(autouse=True, params=["call", "enter"])
+def stage_entry(request: pytest.FixtureRequest) -> Any:
+    """Each test runs the stage awaited and through ``enter`` (the fast lane), which must decide alike:
+    introspection, scopes and relay (``enter`` returns False for what must wait, then it is awaited)."""
+    ENTER[0] = request.param == "enter"
+    yield
+    ENTER[0] = False
+
+
 async def call(stage: AuthStage, method: str, headers: list[tuple[bytes, bytes]]) -> Upstream:
     upstream = stage.next = Upstream()
     scope = {"headers": headers, "query_string": b"", "method": method}
-    await stage(Exchange(scope, None, None, 0.0))  # type: ignore[arg-type]
+    ex = Exchange(scope, None, None, 0.0)  # type: ignore[arg-type]
+    if ENTER[0] and stage.enter(ex):
+        await upstream(ex)
+        return upstream
+    await stage(ex)
     return upstream
 
 

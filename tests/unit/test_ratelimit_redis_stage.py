@@ -60,6 +60,8 @@ class Harness:
 
     async def call(self, client: str = "10.0.0.1") -> dict[bytes, bytes]:
         ex = Exchange({"headers": [], "client": (client, 4000)}, None, noop_send, 0.0)  # type: ignore[arg-type]
+        if self.stage.remote:  # a mode: sync limit with Redis: never decided without awaiting Redis, and
+            assert self.stage.enter(ex) is False  # nothing taken (the exact counts below would see it)
         await self.stage(ex)
         return dict(self.upstream.headers)
 
