@@ -6,9 +6,11 @@ parsing the upstream's response and writing it back to the client), with fake tr
 sockets, on a uvloop event loop. System calls and the kernel are left out, so the figure is stable on a
 busy machine and isolates what the gateway's own code costs; compare it with the per-request CPU that
 ``python -m bench`` measures end to end. Runs the compiled build and the pure-Python twins (in child
-processes, since the choice is made at import).
+processes, since the choice is made at import). The requests take the proxy's fast lane
+(gateway.proxy.lane: no task per request) once the pool is warm; ``--no-lane`` runs them all as tasks
+through the ASGI app, as requests the lane does not take (bodies, other routes) run.
 
-    python -m bench.micro_pipeline [--requests 50000] [--connections 64] [--profile]
+    python -m bench.micro_pipeline [--requests 50000] [--connections 64] [--no-lane] [--profile]
 
 ``--profile`` prints the top functions by own time (cProfile) for the current build.
 """
@@ -89,7 +91,7 @@ class UpstreamTransport:
         pass
 
 
-def make_gateway(loop: asyncio.AbstractEventLoop) -> Any:
+def make_gateway(loop: asyncio.AbstractEventLoop, lane: bool = True) -> Any:
     from uvicorn.server import ServerState
 
     from gateway._fast.protocol import HttpProtocol, Limits
@@ -100,6 +102,8 @@ def make_gateway(loop: asyncio.AbstractEventLoop) -> Any:
 
     config = from_document(CONFIG)
     app = Gateway(config)
+    if not lane:
+        app.fast_lane = None
     tune_gc(config.server.gc_threshold)  # as a worker does
     pool = app.upstreams["api"].pools[0]
 
@@ -116,10 +120,10 @@ def make_gateway(loop: asyncio.AbstractEventLoop) -> Any:
     return lambda: HttpProtocol(app, limits, state, loop)
 
 
-async def drive(requests: int, connections: int) -> float:
+async def drive(requests: int, connections: int, lane: bool = True) -> float:
     """CPU seconds for ``requests`` requests over ``connections`` keep-alive connections."""
     loop = asyncio.get_running_loop()
-    factory = make_gateway(loop)
+    factory = make_gateway(loop, lane)
     clients = []
     for _ in range(connections):
         protocol, transport = factory(), ClientTransport()
@@ -141,7 +145,7 @@ async def run_rounds(clients: list[tuple[Any, ClientTransport]], rounds: int) ->
             await asyncio.sleep(0)  # a busy wait on purpose: an Event would add work to what is measured
 
 
-def measure(requests: int, connections: int, profile: bool) -> dict[str, Any]:
+def measure(requests: int, connections: int, profile: bool, lane: bool = True) -> dict[str, Any]:
     import uvloop
 
     from gateway._fast import protocol, router
@@ -152,7 +156,7 @@ def measure(requests: int, connections: int, profile: bool) -> dict[str, Any]:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    seconds = uvloop.run(drive(requests, connections))
+    seconds = uvloop.run(drive(requests, connections, lane))
     if profile:
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
@@ -160,15 +164,14 @@ def measure(requests: int, connections: int, profile: bool) -> dict[str, Any]:
             "protocol": protocol.IMPLEMENTATION}
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, lane: bool = True) -> dict[str, Any]:
     """Both builds, each in a child process; returns {build: {us_per_request, ...}}."""
     results = {}
     for build, env in (("compiled", {}), ("python", {"GATEWAY_NO_EXTENSIONS": "1"})):
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")} | env
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.micro_pipeline", "--child", "--requests", "20000" if quick else "100000"],
-            env=child_env, capture_output=True, text=True, check=True,
-        ).stdout
+        argv = [sys.executable, "-m", "bench.micro_pipeline", "--child", "--requests", "20000" if quick else "100000"]
+        out = subprocess.run(argv + ([] if lane else ["--no-lane"]), env=child_env, capture_output=True, text=True,
+                             check=True).stdout
         results[build] = json.loads(out.strip().splitlines()[-1])
     return results
 
@@ -178,12 +181,13 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-lane", dest="lane", action="store_false", help="no fast lane: a task per request")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child or args.profile:
-        print(json.dumps(measure(args.requests, args.connections, args.profile)))
+        print(json.dumps(measure(args.requests, args.connections, args.profile, args.lane)))
         return 0
-    for build, figures in run().items():
+    for build, figures in run(lane=args.lane).items():
         print(f"{build:9} {figures['us_per_request']:8.2f} us/request  "
               f"(router {figures['router']}, protocol {figures['protocol']})")
     return 0

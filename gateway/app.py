@@ -9,6 +9,12 @@ The path of a request (DESIGN.md), as this module runs it:
        -> proxy                         (the last stage: balancer, pooled connection, streaming)
 
 Stages a route does not use are not in its chain, so they cost nothing on that route.
+
+The fast lane (gateway.proxy.lane): the protocol offers each request without a body to ``take_lane``
+before it makes a task. A route whose stages can decide without awaiting, ending in a plain upstream's
+proxy, answers it from callbacks, without a task, coroutine frames or ASGI messages; any other route, and
+a lane request that has to wait or fails, continues in a task (``resume``, the same error boundary as
+``http``) from where it stopped, without being routed again.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import logging
 import mmap
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway._fast.headers import request_info
 from gateway._fast.protocol import Message, Receive, Scope, Send, new_request_id
@@ -30,6 +36,7 @@ from gateway.loader import GatewayConfig
 from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import Schema, WorkerMetrics
 from gateway.observability.tracing import RequestSpan, Tracer, start_tracer
+from gateway.proxy.lane import ProxyLane, lane_for
 from gateway.proxy.stage import ProxyStage
 from gateway.routing.config import RouteSpec
 from gateway.routing.paths import make_rewriter, normalize_path
@@ -51,13 +58,14 @@ SWEEP_INTERVAL = 5.0  # at most; shorter when an upstream's keep-alive timeout i
 class Route:
     """A route at run time: its spec and the first stage of its chain."""
 
-    __slots__ = ("first", "metric", "name", "spec")
+    __slots__ = ("first", "lane", "metric", "name", "spec")
 
-    def __init__(self, spec: RouteSpec, first: Stage, metric: int) -> None:
+    def __init__(self, spec: RouteSpec, first: Stage, metric: int, lane: ProxyLane | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.first = first
         self.metric = metric  # the route's number in the metrics schema
+        self.lane = lane  # the fast lane, where the chain allows one (gateway.proxy.lane)
 
 
 def route_stages(spec: RouteSpec, upstream: Upstream, metrics: WorkerMetrics,
@@ -117,9 +125,8 @@ class Gateway:
             self.ratelimit.on_exceeded(offend_on_refusal)  # clients that keep exceeding get banned
         routes = []
         for number, spec in enumerate(config.routes):
-            first = chain(route_stages(spec, self.upstreams[spec.upstream], self.metrics, self.auth,
-                                       self.ratelimit))
-            routes.append((spec, Route(spec, first, number)))
+            stages = route_stages(spec, self.upstreams[spec.upstream], self.metrics, self.auth, self.ratelimit)
+            routes.append((spec, Route(spec, chain(stages), number, lane_for(self, stages))))
         self.unmatched = len(config.routes)  # the metrics' "(unmatched)" route, after the built-in ones
         if self.auth is not None:  # the token issuer's own endpoints, served here (config.builtin_routes())
             builtin = self.auth.builtin_routes()
@@ -132,6 +139,10 @@ class Gateway:
         self.sweeper: asyncio.Task[None] | None = None
         self.sampler: asyncio.Task[None] | None = None
         self.count_connections: Callable[[], int] | None = None  # set by the worker (uvicorn's state)
+        # What the protocol offers requests without a body (see the module docstring); None: no route
+        # has a lane, or a tracer needs every request's span
+        lanes = self.tracer is None and any(route.lane is not None for _, route in routes)
+        self.fast_lane: Callable[[Any, Any], bool] | None = self.take_lane if lanes else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -141,8 +152,7 @@ class Gateway:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         ex = Exchange(scope, receive, send, time.perf_counter())
-        recorder = self.recorder
-        recorder.begin()
+        self.recorder.begin()
         span: RequestSpan | None = None
         try:
             self.identify(ex)
@@ -159,14 +169,59 @@ class Gateway:
             ex.status = ex.status or 500  # the protocol answers 500 for an unexpected failure
             raise
         finally:
-            now = time.perf_counter()
-            route = ex.route
-            recorder.request(self.unmatched if route is None else route.metric, scope["method"], ex.status,
-                             now - ex.started_at, ex.upstream_time, ex.bytes_received, ex.bytes_sent)
-            if self.access_log is not None:
-                self.access_log.write(ex, now)
-            if span is not None:
-                span.end(ex)
+            self.record(ex, span)
+
+    def take_lane(self, protocol: Any, cycle: Any) -> bool:
+        """The protocol's fast lane (``fast_lane``): identifies and routes the request at once. A route
+        with a lane answers it from callbacks; any other continues it in a task. False (the normal path)
+        when identifying or routing fails: ``http`` meets the same error inside its error boundary."""
+        ex = Exchange(cycle.scope, cycle.receive, cycle.send, time.perf_counter())
+        try:
+            self.identify(ex)
+            route = self.route(ex)
+        except Exception:  # a 400/404/405 (or a bug): raised again in http, answered there
+            return False
+        self.recorder.begin()
+        if route.lane is None:
+            self.resume(protocol, cycle, ex, route.first)
+        else:
+            route.lane.take(protocol, cycle, ex)
+        return True
+
+    def resume(self, protocol: Any, cycle: Any, ex: Exchange, stage: Stage | None,
+               failure: Exception | None = None) -> None:
+        """Continues a request ``take_lane`` took in a task: from ``stage`` (and the rest of the chain),
+        or from ``failure`` (a stage's answer, an upstream failure), inside the error boundary."""
+        protocol.start(cycle, lambda scope, receive, send: self.proceed(ex, stage, failure))
+
+    async def proceed(self, ex: Exchange, stage: Stage | None, failure: Exception | None) -> None:
+        """``http`` after routing: the same error boundary and recording."""
+        try:
+            if failure is not None:
+                raise failure
+            assert stage is not None
+            await stage(ex)
+        except GatewayError as exc:
+            await self.fail(ex, exc)
+        except asyncio.CancelledError:
+            ex.status = ex.status or 499
+            raise
+        except BaseException:
+            ex.status = ex.status or 500
+            raise
+        finally:
+            self.record(ex, None)
+
+    def record(self, ex: Exchange, span: RequestSpan | None) -> None:
+        """A request ended: metrics, the access log line, its span."""
+        now = time.perf_counter()
+        route = ex.route
+        self.recorder.request(self.unmatched if route is None else route.metric, ex.scope["method"], ex.status,
+                              now - ex.started_at, ex.upstream_time, ex.bytes_received, ex.bytes_sent)
+        if self.access_log is not None:
+            self.access_log.write(ex, now)
+        if span is not None:
+            span.end(ex)
 
     def identify(self, ex: Exchange) -> None:
         """Stage: request id (passed through when sane, else generated) and the request's host."""

@@ -23,7 +23,7 @@ cdef class RequestCycle:
 
 
 cdef class HttpProtocol:
-    cdef public object app, limits, state, loop, scheme, transport, parser, client, server
+    cdef public object app, lane, limits, state, loop, scheme, transport, parser, client, server
     cdef public bint closed, write_paused, read_paused, head_pending, shutting_down, upgraded, lingering
     cdef public bint expect_100, rate_due, rate_excused
     cdef public object guard, guard_ticket
@@ -43,5 +43,6 @@ cdef class HttpProtocol:
     cpdef void body_consumed(self, Py_ssize_t size) except *
     cpdef void resume_reading(self) except *
     cpdef void pause_reading(self) except *
-    cpdef void start(self, RequestCycle cycle) except *
+    cpdef void serve(self, RequestCycle cycle) except *
+    cpdef void start(self, RequestCycle cycle, object app=*) except *
     cpdef void response_complete(self, RequestCycle cycle) except *

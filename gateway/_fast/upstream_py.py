@@ -5,12 +5,17 @@ httpx and aiohttp cost 10-50 times more per request here (DESIGN.md), so the pro
 through this small client. One request at a time per connection (no pipelining to upstreams). The response
 body is queued as it arrives; past ``HIGH_WATER`` queued bytes the socket stops being read until the
 client side catches up, so a fast upstream and a slow client never buffer a whole body in memory.
+
+An exchange is driven one of two ways: a coroutine awaits ``wait_head``/``wait_body`` (the proxy stage),
+or, in callback mode (``listen``), a listener's ``on_upstream()`` runs after every read, failure and read
+timeout instead (the proxy's fast lane, gateway.proxy.lane: no future, no task).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from typing import Any
 
 import httptools
 
@@ -18,6 +23,8 @@ from gateway._fast.done import DONE
 from gateway.errors import UpstreamError, UpstreamTimeout
 
 HIGH_WATER = 256 * 1024
+HEAD_TIMEOUT = "the upstream did not send response headers within the read timeout"
+BODY_TIMEOUT = "the upstream stalled sending the response body beyond the read timeout"
 
 
 class UpstreamConnection:
@@ -57,6 +64,8 @@ class UpstreamConnection:
         self.read_paused = False
         self.received_any = False
         self.upgrade_data = b""  # after a 101: the new protocol's first bytes (for a tunnel)
+        self.listener: Any = None  # callback mode: told of every event instead of a waiter (see ``listen``)
+        self.watched = False  # callback mode: the listener waits for bytes, the read timeout runs
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -185,20 +194,41 @@ class UpstreamConnection:
             data = b"".join(chunks)
             self.body = []
         self.buffered = 0
+        self.resume_reading()
+        return data, self.complete
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
             self.transport.resume_reading()
-        return data, self.complete
 
     def wait_head(self) -> Awaitable[None]:
         """Done when more of the response head has arrived (await it while ``head_done`` is false)."""
-        return self._wait("the upstream did not send response headers within the read timeout")
+        return self._wait(HEAD_TIMEOUT)
 
     def wait_body(self) -> Awaitable[None]:
         """Done when more body bytes have arrived or the body has ended."""
         if self.body or self.complete:
             return DONE
-        return self._wait("the upstream stalled sending the response body beyond the read timeout")
+        return self._wait(BODY_TIMEOUT)
+
+    def listen(self, listener: Any) -> None:
+        """Callback mode for this exchange (None ends it): ``listener.on_upstream()`` runs after every read,
+        after the connection is lost and when the read timeout passes (``failure`` then says what went
+        wrong), where a coroutine would be woken. The read timeout runs only after ``watch()``."""
+        self.listener = listener
+        self.watched = False
+
+    def watch(self) -> None:
+        """Callback mode: the listener waits for more of the response; ``read_timeout`` runs from now
+        until the next event (as it does for each ``wait_head``/``wait_body``)."""
+        self.watched = True
+        self._arm(BODY_TIMEOUT if self.head_done else HEAD_TIMEOUT)
 
     def _wait(self, timeout_message: str) -> asyncio.Future[None]:
         """A future for the next bytes, failing with the connection's failure or after ``read_timeout``.
@@ -209,27 +239,42 @@ class UpstreamConnection:
         """
         if self.failure is not None:
             raise self.failure
+        waiter = self.waiter = self.loop.create_future()
+        self._arm(timeout_message)
+        return waiter
+
+    def _arm(self, timeout_message: str) -> None:
         loop = self.loop
-        waiter = self.waiter = loop.create_future()
         self.deadline = loop.time() + self.read_timeout
         self.timeout_message = timeout_message
         if self.timer is None:
             self.timer = loop.call_at(self.deadline, self._check_timeout)
-        return waiter
 
     def _check_timeout(self) -> None:
         self.timer = None
         waiter = self.waiter
-        if waiter is None or waiter.done():
+        if waiter is not None and waiter.done():
+            waiter = None
+        if waiter is None and not self.watched:
             return  # nobody waits now; the next wait schedules a new callback
         if self.loop.time() < self.deadline:
             self.timer = self.loop.call_at(self.deadline, self._check_timeout)
             return
-        self.waiter = None
-        waiter.set_exception(UpstreamTimeout(self.timeout_message))
+        if waiter is not None:
+            self.waiter = None
+            waiter.set_exception(UpstreamTimeout(self.timeout_message))
+            self.abort()
+            return
+        self.failure = UpstreamTimeout(self.timeout_message)
         self.abort()
+        self.wake()
 
     def wake(self) -> None:
+        listener = self.listener
+        if listener is not None:
+            self.watched = False
+            listener.on_upstream()
+            return
         waiter = self.waiter
         if waiter is not None:
             self.waiter = None

@@ -40,15 +40,11 @@ class ProxyStage(Stage):
         self.preserve_host = preserve_host
         self.recorder = recorder
 
-    async def __call__(self, ex: Exchange) -> None:  # noqa: PLR0915 - one coroutine frame per request, on purpose
-        scope = ex.scope
-        method: str = scope["method"]
-        path = ex.path if self.rewrite is None else self.rewrite(ex.path, ex.params, ex.consumed)
-        query: bytes = scope["query_string"]
-        target = path.encode("latin-1") + (b"?" + query if query else b"")
+    async def __call__(self, ex: Exchange) -> None:
+        method: str = ex.scope["method"]
         pool = self.upstream.pick()
         ex.target = pool.target
-        head, body_framing = self.request_head(ex, method, target, pool)
+        head, body_framing = self.request_head(ex, method, self.target(ex), pool)
         # Retried once on a fresh connection when a reused one turns out dead before answering.
         retry_safe = not body_framing and method in IDEMPOTENT
         started = perf_counter()
@@ -161,6 +157,12 @@ class ProxyStage(Stage):
                 conn.failure = exc if isinstance(exc, UpstreamError) else UpstreamError(str(exc))
             conn.abort()
             conn.wake()
+
+    def target(self, ex: Exchange) -> bytes:
+        """The request target sent upstream: the (rewritten) path and the query string."""
+        path = ex.path if self.rewrite is None else self.rewrite(ex.path, ex.params, ex.consumed)
+        query: bytes = ex.scope["query_string"]
+        return path.encode("latin-1") + (b"?" + query if query else b"")
 
     def request_head(self, ex: Exchange, method: str, target: bytes, pool: Pool) -> tuple[bytes, bytes]:
         """The request line and headers for the upstream, and the body framing (b"", length or chunked)."""

@@ -68,13 +68,15 @@ def test_two_instances_share_one_limit(start_gateway, upstream_port, redis_serve
     second += statuses(b.port, 11)
     if impl == "compiled":  # the fleet admits the limit once, not once per host: 20 - 12 for B
         assert second.count(200) == 8, second
-    else:  # B's other worker is a host of its own, new to the key: its first tick's requests pass too
-        assert 8 <= second.count(200) <= 8 + 3, second
+    else:  # B's other worker is a host of its own, new to the key: its first tick's requests pass too (as
+        # many as arrive within one tick: timing), so only the refusals are checked here; the fleet's
+        # bound is the all-429 check below, once every loop has synced
+        assert second.count(200) >= 8, second
     wait_until(lambda: pushed(redis_server) >= 20, 10)
     time.sleep(0.1)  # a few ticks: every loop has absorbed every other host's units
     assert statuses(a.port, 4) + statuses(b.port, 4) == [429] * 8
-    if impl == "compiled":
-        assert metric(a, "gateway_ratelimit_store_hosts") == 2
+    if impl == "compiled":  # the live hosts are counted at each host's heartbeat, once a second
+        wait_until(lambda: metric(a, "gateway_ratelimit_store_hosts") == 2, 5)
         assert metric(a, "gateway_ratelimit_store_up") == 1
         assert metric(b, 'gateway_ratelimit_sync_units_total{direction="absorbed"}') >= 10
     else:  # the twin: every worker is a "host" of its own
