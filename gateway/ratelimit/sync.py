@@ -201,21 +201,29 @@ class HostSync:
         self.stats[STATE] = ROW_STOPPED
 
     def release(self) -> None:
-        """Lets go of the table's memory (after ``stop``), so its segment can be unmapped."""
+        """Lets go of the table's memory (after ``stop``), so its segment can be unmapped: its own views,
+        and the Table and Limits (which hold theirs). The loop's last frame may outlive ``stop`` a while
+        (kept by the cancelled task's traceback) and holds this object, not the segment."""
         self.words.release()
         self.stats.release()
         self.limits = {}
+        self.tracked.clear()
+        self.unsent.clear()
+        del self.table
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self.stopped:
-            began = loop.time()
-            try:
-                await self.tick()
-            except Exception:  # never let the loop die: log it, count it, go on
-                logger.exception("rate-limit sync tick failed")
-                self.stats[ERRORS] += 1
-            await asyncio.sleep(max(self.spec.sync_interval - (loop.time() - began), 0.001))
+        try:
+            while not self.stopped:
+                began = loop.time()
+                try:
+                    await self.tick()
+                except Exception:  # never let the loop die: log it, count it, go on
+                    logger.exception("rate-limit sync tick failed")
+                    self.stats[ERRORS] += 1
+                await asyncio.sleep(max(self.spec.sync_interval - (loop.time() - began), 0.001))
+        except asyncio.CancelledError:  # stop(): the task ends without an exception, whose traceback would
+            return  # keep the tick's frames (its batch, the Limits, the table's memory) alive after release
 
     # -- one tick -------------------------------------------------------------------------------------
 

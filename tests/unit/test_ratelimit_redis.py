@@ -436,10 +436,13 @@ async def test_the_host_service_runs_the_loop_and_reports_every_row(prefix: tupl
         assert service.sync is not None and service.url.endswith("/1")
         service.apply(config({"prefix": name}))  # Redis dropped
         assert service.sync is None
-        await asyncio.sleep(0.05)
+        for _ in range(200):  # the old loops stop in the background
+            if not service.stopping:
+                break
+            await asyncio.sleep(0.01)
         assert not service.stopping
-        del table, limit, worker_row
     finally:
+        table = limit = worker_row = None  # this test's own views, also when an assertion failed above
         await service.close()
         segments.close()  # the service let go of every view of the segments
 
