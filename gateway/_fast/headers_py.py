@@ -6,11 +6,19 @@ both directions. Headers the gateway sets itself (Host, X-Forwarded-*, X-Request
 dropped from the client's and written fresh. Header names with an underscore are dropped as nginx does
 (some servers read ``X_Forwarded_For`` as ``X-Forwarded-For``), and so is h2c's ``HTTP2-Settings``.
 Names arrive lower-cased from the protocol and the upstream parser.
+
+Compiled, each function first tries its common case in C (``headers_ops``: names classed by length, the
+request head written into one bytes object); the code here is then the general case, and all of it in
+plain Python. Compiled, before and after that C (``python -m bench.micro_headers``; callgrind instructions
+per request of ``bench.micro_pipeline``): request_head 630 -> 135 ns, 5,900 -> 1,020; response_headers
+180 -> 53 ns, 2,900 -> 440; request_info 125 -> 68 ns, 1,490 -> 560.
 """
 
 from __future__ import annotations
 
 import functools
+
+import gateway._fast.headers_ops as ops
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade",
@@ -36,6 +44,10 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def request_info(headers: list[tuple[bytes, bytes]]) -> tuple[str, str]:
     """The request's host (lower-cased, without port) and the X-Request-ID it carries ("" if none)."""
+    if ops.FAST:
+        info = ops.request_info(headers)
+        if info is not None:
+            return info
     host = ""
     request_id = ""
     for name, value in headers:
@@ -61,6 +73,10 @@ def request_head(  # noqa: PLR0912, PLR0915, PLR0917 - one flat pass with C-type
 ) -> tuple[bytes, bytes]:
     """The request line and headers for the upstream, and the body framing: b"" (no body), the
     Content-Length value, or b"chunked". The head is one join of its parts (one allocation)."""
+    if ops.FAST:
+        fast = ops.request_head(method, target, headers, client_ip, scheme, request_id, upstream_host, preserve_host)
+        if fast is not None:
+            return fast
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     host = forwarded_for = length = connection = b""
     chunked = False
@@ -120,7 +136,12 @@ def request_head(  # noqa: PLR0912, PLR0915, PLR0917 - one flat pass with C-type
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers without hop-by-hop ones (framing is the protocol's job)."""
+    """The upstream's response headers without hop-by-hop ones (framing is the protocol's job), in a new
+    list the caller may extend."""
+    if ops.FAST:
+        kept = ops.response_headers(headers)
+        if kept is not None:
+            return kept
     out = []
     connection = b""
     for name, value in headers:
