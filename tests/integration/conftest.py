@@ -209,10 +209,19 @@ def start_gateway(tmp_path: Path, impl: str) -> Iterator[Callable[..., Gateway]]
             path.write_text(config)
             argv += ["--config", str(path)]
         argv += ["--workers", str(workers)]
-        gw = Gateway(tmp_path, argv, {**impl_env(impl), **(env or {})}, free_port(), free_port())
-        started.append(gw)
-        if wait:
-            gw.wait_ready()
+        for attempt in range(3):
+            gw = Gateway(tmp_path, argv, {**impl_env(impl), **(env or {})}, free_port(), free_port())
+            started.append(gw)
+            if not wait:
+                break
+            try:
+                gw.wait_ready()
+                break
+            except AssertionError:
+                # a free port taken by another process between free_port() and the gateway's bind (tests
+                # of other checkouts on the same machine): new ports; anything else is the test's failure
+                if attempt == 2 or gw.proc.poll() is None or "is already in use" not in gw.stderr:
+                    raise
         return gw
 
     yield start
