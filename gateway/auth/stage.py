@@ -21,6 +21,10 @@ named query parameter (off by default; removed from the query the upstream gets 
 login's session cookie the same way (gateway/auth/oidc/login.py; the upstream gets the session's access
 token as ``Authorization: Bearer``) and, without any credential, sends a browser to log in (302) and
 answers anything else 401.
+
+A client reuses its token, and the verifier's cache hands back the same ``Verified`` for it: ``admit``
+remembers the last identity it let in on this route with the headers it forwarded (routes without
+per-method scopes), so the next request with it skips the issuer, claim and header work.
 """
 
 from __future__ import annotations
@@ -65,9 +69,15 @@ class AuthStage(Stage):
         self.query = (policy.query + "=").encode("latin-1") if policy.query else None
         # header names never passed on from the client: the forwarded claims' headers
         self.strip = frozenset(header.encode("latin-1") for _, header in policy.forward)
+        # the header names ``credentials`` looks at: any other is kept at the cost of one set look-up
+        self.special = self.strip | {AUTHORIZATION} | ({COOKIE} if self.cookie is not None else set())
         self.forward = tuple((claim, tuple(claim.split(".")), header.encode("latin-1"))
                              for claim, header in policy.forward)
         self.claims = tuple((claim, tuple(claim.split(".")), expected) for claim, expected in policy.claims)
+        # ``admit``'s outcome for the last identity it let in: a client reuses its token, and the verifier
+        # hands back the same (immutable) Verified while it is cached, valid and not revoked
+        self.last: Verified | None = None
+        self.last_forward: Headers = []
 
     async def __call__(self, ex: Exchange) -> None:
         scope = ex.scope
@@ -148,7 +158,12 @@ class AuthStage(Stage):
 
     def admit(self, verified: Verified, ex: Exchange, headers: Headers) -> None:
         """The route's rules for a verified identity: its issuer, its claims; then the subject and the
-        forwarded claim headers."""
+        forwarded claim headers. The outcome depends on the identity alone (without per-method scopes):
+        the last one admitted is remembered, and the same identity next time just gets its headers."""
+        if verified is self.last:
+            ex.subject = verified.subject
+            headers += self.last_forward
+            return
         if self.issuers is not None and verified.issuer not in self.issuers:
             raise InvalidToken("token issuer not accepted on this route")
         claims = verified.claims
@@ -159,12 +174,16 @@ class AuthStage(Stage):
         if self.scopes is not None:
             self.scopes.check(ex.scope["method"], claims)
         ex.subject = verified.subject
+        forward: Headers = []
         for name, path, header in self.forward:
             value = claim_value(claims, name, path)
             if value is not MISSING and value is not None:
                 encoded = header_value(value)
                 if encoded is not None:
-                    headers.append((header, encoded))
+                    forward.append((header, encoded))
+        headers += forward
+        if self.scopes is None:  # scopes are checked per method: nothing to remember then
+            self.last, self.last_forward = verified, forward
 
     async def session(self, value: bytes, ex: Exchange) -> Verified | None:
         """The login session of the cookie. One that is not live (expired, ended, forged) is refused on a
@@ -199,17 +218,19 @@ class AuthStage(Stage):
         kept: Headers = []
         authorization: bytes | None = None
         cookie_token: bytes | None = None
-        strip = self.strip
+        special = self.special
         for item in headers:
             name = item[0]
-            if name == AUTHORIZATION:
+            if name not in special:
+                kept.append(item)
+            elif name == AUTHORIZATION:
                 if authorization is not None:
                     raise InvalidAuthRequest("more than one Authorization header")
                 authorization = item[1]
                 if self.keep_authorization:
                     kept.append(item)
-            elif name not in strip:
-                if name == COOKIE and self.cookie is not None and cookie_token is None:
+            elif name not in self.strip:  # the cookie (a forwarded claim's header is dropped)
+                if cookie_token is None:
                     cookie_token = self.from_cookie(item[1])
                 kept.append(item)
         if authorization is not None and self.bearer:

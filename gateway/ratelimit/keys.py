@@ -53,6 +53,8 @@ class KeyMaker:
         self.make: Callable[[Exchange, dict[bytes, bytes]], bytes] = self.key
         if only_ip:
             self.make = self.ip_key if trusted_hops else self.peer_key
+        elif self.parts == (KeyPart("subject"),):
+            self.make = self.subject_key
 
     def ip(self, ex: Exchange) -> bytes:
         return peer_ip(ex) if self.hops == 0 else forwarded_ip(ex, self.hops)
@@ -72,6 +74,11 @@ class KeyMaker:
 
     def ip_key(self, ex: Exchange, headers: dict[bytes, bytes]) -> bytes:
         return forwarded_ip(ex, self.hops)
+
+    def subject_key(self, ex: Exchange, headers: dict[bytes, bytes]) -> bytes:
+        """``key`` for a lone ``subject`` part."""
+        subject = ex.subject
+        return b"s" + subject.encode("utf-8") if subject else b"i" + self.ip(ex)
 
     def key(self, ex: Exchange, headers: dict[bytes, bytes]) -> bytes:
         """Any key: its parts tagged and joined (``headers``: what ``values`` found)."""

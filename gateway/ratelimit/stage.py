@@ -9,7 +9,9 @@
 
 The table's clock is read once per request. Every decision is counted per route in
 ``gateway_ratelimit_decisions_total{decision=allowed|rejected|fallback}`` ("fallback": admitted without a
-decision, because no slot could be had for the key).
+decision, because no slot could be had for the key). A route with one policy of one table limit (no
+tiers, no Redis: the common shape) is decided by ``check_one``, the same steps without the general loop's
+bookkeeping, and the default headers' Report formats its three values inline.
 
 With Redis (gateway/ratelimit/sync.py, store.py): a limit with ``mode: sync`` is decided by one Redis
 script per request, after the table's limits (so a request the table refuses costs no round trip); a
@@ -132,6 +134,10 @@ class Report:
         self.taken = taken
 
     def __call__(self, ex: Exchange, status: int, headers: Headers) -> None:
+        if self.mode == "x-ratelimit":  # the default, inline: what limit_headers gives for it
+            headers += ((X_LIMIT, self.applied.quota), (X_REMAINING, b"%d" % self.remaining),
+                        (X_RESET, b"%d" % -(-self.reset // NS)))
+            return
         headers.extend(limit_headers(self.mode, self.applied, self.remaining, self.reset, self.taken))
 
 
@@ -153,7 +159,6 @@ class RateLimitStage(Stage):
     def __init__(self, policies: tuple[Policy, ...], now: Callable[[], int], recorder: Recorder, cell: int, *,
                  headers: str, listeners: list[ExceededListener], store_state: Any = None,
                  on_store_error: str = "local", degraded_cell: int = -1) -> None:
-        self.policies = policies
         self.now = now
         self.recorder = recorder
         self.allowed_cell, self.rejected_cell, self.fallback_cell = cell, cell + 1, cell + 2
@@ -164,14 +169,32 @@ class RateLimitStage(Stage):
         self.store_state = store_state  # the table's words when a sync loop may set STORE_STATE, else None
         self.on_store_error = on_store_error
         self.degraded_allowed, self.degraded_rejected = degraded_cell, degraded_cell + 1
+        self.policies = policies
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        return self._policies
+
+    @policies.setter
+    def policies(self, policies: tuple[Policy, ...]) -> None:
+        """The policies, and what follows from them: whether any limit is decided in Redis, and the
+        common shape that ``check_one`` decides (one policy of one table limit, no tiers, no Redis)."""
+        self._policies = policies
         # a ``mode: sync`` limit (decided in Redis, awaited) among any of the policies' limits
         self.remote = any(applied.remote is not None for policy in policies
                           for limits in (policy.limits, *policy.tiers.values()) for applied in limits)
+        self.one: tuple[Policy, Applied, list[Applied]] | None = None
+        if self.store_state is None and len(policies) == 1 and policies[0].tier_header is None \
+                and len(policies[0].limits) == 1 and not self.remote:
+            self.one = (policies[0], policies[0].limits[0], [policies[0].limits[0]])
 
     async def __call__(self, ex: Exchange) -> None:
-        deferred = self.check(ex)
-        if deferred is not None:
-            await self.check_remote(ex, deferred)
+        if self.one is not None:
+            self.check_one(ex, self.one)
+        else:
+            deferred = self.check(ex)
+            if deferred is not None:
+                await self.check_remote(ex, deferred)
         await self.next(ex)  # type: ignore[misc]
 
     def enter(self, ex: Exchange) -> bool:
@@ -180,8 +203,29 @@ class RateLimitStage(Stage):
         limit: its Redis call is awaited in ``__call__``."""
         if self.remote:
             return False
-        self.check(ex)
+        if self.one is None:
+            self.check(ex)
+        else:
+            self.check_one(ex, self.one)
         return True
+
+    def check_one(self, ex: Exchange, one: tuple[Policy, Applied, list[Applied]]) -> None:
+        """``check`` for one policy of one table limit (``self.one``), without its general loop: the
+        same decision, counts and response headers."""
+        policy, applied, taken = one
+        keys = policy.keys
+        key = keys.make(ex, keys.values(ex) if keys.headers else NO_HEADERS)
+        bucket = applied.bucket
+        now = self.now()
+        result = bucket.take(key, now)
+        if result == ADMITTED:
+            self.recorder.add(self.allowed_cell, 1)
+            if self.report:
+                ex.on_response(Report(self.headers, applied, bucket.remaining, bucket.reset, taken))
+        elif result == REJECTED:
+            self.refuse(ex, policy, applied, [], now)
+        else:
+            self.fallback()  # UNTRACKED: admitted without a decision (and no numbers to report)
 
     def check(self, ex: Exchange) -> Deferred | None:
         """Takes a unit from every limit, or none; raises TooManyRequests on a refusal. Returns what is

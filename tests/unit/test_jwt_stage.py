@@ -207,6 +207,31 @@ def test_a_cached_token_is_not_verified_again() -> None:
     assert run(RoutePolicy(), [bearer()], v=v).subject == "alice"
 
 
+def test_the_same_identity_again_gets_the_same_headers_and_another_its_own() -> None:
+    """``admit`` remembers the last identity it let in: the next request with it (the same Verified, from
+    the verifier's cache) gets the same subject and forwarded headers, and spoofed copies still go."""
+    v = verifier()
+    stage = AuthStage(RoutePolicy(forward=(("sub", "x-user-id"), ("groups", "x-groups"))), v)
+    seen = []
+    for token in (TOKEN, TOKEN, mint(sub="bob", groups=["qa"]), TOKEN):
+        scope = {"headers": [*BASE, (b"x-user-id", b"root"), bearer(token)], "query_string": b""}
+        ex = Exchange(scope, None, None, 0.0)  # type: ignore[arg-type]
+        assert stage.enter(ex)
+        seen.append((ex.subject, scope["headers"]))
+    alice = ("alice", [*BASE, (b"x-user-id", b"alice"), (b"x-groups", b"ops,dev")])
+    assert seen == [alice, alice, ("bob", [*BASE, (b"x-user-id", b"bob"), (b"x-groups", b"qa")]), alice]
+    assert seen[0][1] is not seen[1][1]  # each request its own list
+
+
+def test_a_refused_identity_is_refused_again() -> None:
+    v = verifier()
+    stage = AuthStage(RoutePolicy(claims=(("role", "user"),)), v)
+    for _ in range(2):
+        ex = Exchange({"headers": [bearer()], "query_string": b""}, None, None, 0.0)  # type: ignore[arg-type]
+        with pytest.raises(InsufficientScope):
+            stage.enter(ex)
+
+
 # --- claims ---------------------------------------------------------------------------------------------
 
 

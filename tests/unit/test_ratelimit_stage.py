@@ -22,7 +22,7 @@ from gateway.observability.metrics import Schema, WorkerMetrics
 from gateway.ratelimit import runtime
 from gateway.ratelimit.keys import KeyMaker, forwarded_ip, peer_ip
 from gateway.ratelimit.runtime import RateLimiter
-from gateway.ratelimit.stage import Applied, Policy, RateLimitStage
+from gateway.ratelimit.stage import Applied, Policy, RateLimitStage, Report, limit_headers
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC
@@ -158,6 +158,25 @@ def test_key_parts_are_tagged_and_missing_parts_become_the_ip() -> None:
     assert KeyMaker([KeyPart("ip")], 0, "r").make(bare, {}) == b"10.0.0.1"  # a lone IP: the address itself
     assert KeyMaker([KeyPart("ip")], 2, "r").make(bare, {}) == b"10.0.0.1"
     assert maker.make(ex, maker.values(ex)) == maker.key(ex, maker.values(ex))
+
+
+def test_a_lone_subject_key() -> None:
+    from gateway.ratelimit.config import KeyPart
+
+    maker = KeyMaker([KeyPart("subject")], 0, "r")
+    ex = exchange([])
+    assert maker.make(ex, {}) == b"i10.0.0.1"  # anonymous: the IP
+    ex.subject = "alice"
+    assert maker.make(ex, {}) == maker.key(ex, {}) == b"salice"
+
+
+def test_the_inline_report_writes_what_limit_headers_does() -> None:
+    h = Harness(document(section([{"rate": "10/s", "burst": 20}])))
+    applied = h.stage.policies[0].limits[0]
+    for remaining, reset in ((0, 0), (19, 1), (5, SEC), (7, SEC + 1), (3, 59 * SEC + 7)):
+        headers: Headers = []
+        Report("x-ratelimit", applied, remaining, reset, [applied])(exchange([]), 200, headers)
+        assert headers == limit_headers("x-ratelimit", applied, remaining, reset, [applied])
 
 
 def test_keys_by_subject_api_key_and_route() -> None:
