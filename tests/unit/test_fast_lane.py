@@ -22,6 +22,7 @@ from gateway.app import Gateway
 from gateway.loader import from_document
 from gateway.proxy.lane import LaneRun
 from tests.unit.helpers import async_test
+from tests.unit.test_protocol import MockTransport as ClientTransport
 
 PROTOCOLS = implementations("protocol")
 UPSTREAMS = implementations("upstream")
@@ -35,44 +36,6 @@ COUNTED = ("gateway_requests", "gateway_upstream_requests", "gateway_requests_in
 @pytest.fixture(params=KINDS, ids=str)
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-class ClientTransport:
-    """The client's socket: what the gateway wrote, whether it closed; ``close`` reports connection_lost."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.protocol: Any = None
-        self.data = bytearray()
-        self.closed = False
-        self.eof_written = False
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.data += data
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.loop.call_soon(self.protocol.connection_lost, None)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.eof_written = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 51000), "sockname": ("127.0.0.1", 8080)}.get(name, default)
 
 
 class UpstreamTransport:
@@ -154,8 +117,7 @@ class Gw:
 
     def client(self) -> Any:
         protocol = self.protocols.HttpProtocol(self.app, self.protocols.Limits(), self.state, self.loop)
-        transport = ClientTransport(self.loop)
-        transport.protocol = protocol
+        transport = ClientTransport(protocol, self.loop)
         protocol.connection_made(transport)
         return protocol, transport
 
@@ -200,6 +162,7 @@ async def exchange(gw: Gw, request: bytes, answer: list[bytes]) -> tuple[bytes, 
         else:  # the upstream closes its connection
             gw.upstreams[-1].conn.connection_lost(None)
         await gw.settle()
+    assert transport.writes_after_close == 0
     return bytes(transport.data), gw.upstreams[-1].requests[-1], transport.closed or transport.eof_written, tasked
 
 
