@@ -11,7 +11,7 @@ The table's clock is read once per request. Every decision is counted per route 
 ``gateway_ratelimit_decisions_total{decision=allowed|rejected|fallback}`` ("fallback": admitted without a
 decision, because no slot could be had for the key). A route with one policy of one table limit (no
 tiers, no Redis: the common shape) is decided by ``check_one``, the same steps without the general loop's
-bookkeeping, and the default headers' Report formats its three values inline.
+bookkeeping.
 
 With Redis (gateway/ratelimit/sync.py, store.py): a limit with ``mode: sync`` is decided by one Redis
 script per request, after the table's limits (so a request the table refuses costs no round trip); a
@@ -134,10 +134,6 @@ class Report:
         self.taken = taken
 
     def __call__(self, ex: Exchange, status: int, headers: Headers) -> None:
-        if self.mode == "x-ratelimit":  # the default, inline: what limit_headers gives for it
-            headers += ((X_LIMIT, self.applied.quota), (X_REMAINING, b"%d" % self.remaining),
-                        (X_RESET, b"%d" % -(-self.reset // NS)))
-            return
         headers.extend(limit_headers(self.mode, self.applied, self.remaining, self.reset, self.taken))
 
 
@@ -189,9 +185,7 @@ class RateLimitStage(Stage):
             self.one = (policies[0], policies[0].limits[0], [policies[0].limits[0]])
 
     async def __call__(self, ex: Exchange) -> None:
-        if self.one is not None:
-            self.check_one(ex, self.one)
-        else:
+        if not self.enter(ex):  # a ``mode: sync`` limit: the table's part here, then Redis, awaited
             deferred = self.check(ex)
             if deferred is not None:
                 await self.check_remote(ex, deferred)
