@@ -23,7 +23,7 @@ cdef class RequestCycle:
 
 
 cdef class HttpProtocol:
-    cdef public object app, lane, limits, state, loop, scheme, transport, parser, client, server
+    cdef public object app, lane, limits, state, loop, batch, scheme, transport, parser, client, server
     cdef public bint closed, write_paused, read_paused, head_pending, shutting_down, upgraded, lingering
     cdef public bint expect_100, rate_due, rate_excused
     cdef public object guard, guard_ticket

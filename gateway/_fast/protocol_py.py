@@ -51,6 +51,7 @@ from urllib.parse import unquote
 import httptools
 
 from gateway._fast.done import DONE
+from gateway._fast.writes import batch_for
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -334,6 +335,7 @@ class HttpProtocol:
         self.limits = limits
         self.state = state
         self.loop = loop or asyncio.get_running_loop()
+        self.batch = batch_for(self.loop)  # responses go out together once the loop's events are handled
         self.scheme = scheme
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -465,7 +467,7 @@ class HttpProtocol:
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(data)
+            self.batch.write(self.transport, data)
 
     def shutdown(self) -> None:
         """Called by uvicorn on graceful shutdown (drain).
@@ -491,6 +493,7 @@ class HttpProtocol:
         if not self.closed and self.transport is not None:
             self.closed = True
             self.drop_timer()
+            self.batch.flush()  # what is held for this connection goes before its end
             self.transport.close()
 
     def linger(self) -> None:
@@ -506,6 +509,7 @@ class HttpProtocol:
             self.close()
             return
         self.lingering = True
+        self.batch.flush()
         self.transport.write_eof()
         if self.read_paused:
             self.read_paused = False
@@ -795,6 +799,7 @@ class HttpProtocol:
         self.closed = True  # the tunnel writes from now on
         self.drop_timer()
         transport = self.transport
+        self.batch.flush()  # earlier responses on this connection, then the 101 the tunnel follows
         transport.write(cycle.head)  # type: ignore[union-attr]
         cycle.head = b""
         early, self.tunnel_early = self.tunnel_early, b""

@@ -20,6 +20,7 @@ from typing import Any
 import httptools
 
 from gateway._fast.done import DONE
+from gateway._fast.writes import batch_for
 from gateway.errors import UpstreamError, UpstreamTimeout
 
 HIGH_WATER = 256 * 1024
@@ -37,6 +38,7 @@ class UpstreamConnection:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
         self.loop = loop
+        self.batch = batch_for(loop)  # request heads go out together once the loop's events are handled
         self.read_timeout = read_timeout
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -166,7 +168,7 @@ class UpstreamConnection:
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise self.failure or UpstreamError("the upstream closed the connection")
-        self.transport.write(data)
+        self.batch.write(self.transport, data)
 
     async def drain(self) -> None:
         if self.write_paused and not self.closed:
@@ -306,4 +308,5 @@ class UpstreamConnection:
             if abort:
                 self.transport.abort()
             else:
+                self.batch.flush()  # what is held for it goes before its end
                 self.transport.close()

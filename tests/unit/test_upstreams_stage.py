@@ -50,6 +50,9 @@ class Transport:
     def resume_reading(self) -> None:
         pass
 
+    def is_closing(self) -> bool:
+        return self.conn.closed
+
     def close(self) -> None:
         self.conn.connection_lost(None)
 

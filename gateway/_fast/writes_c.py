@@ -1,0 +1,1 @@
+writes_py.py
