@@ -91,6 +91,9 @@ class UpstreamTransport:
     def resume_reading(self) -> None:
         pass
 
+    def is_closing(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
