@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import mmap
-import time
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from gateway._fast.headers import request_info
@@ -133,6 +133,7 @@ class Gateway:
             routes += [(spec, Route(spec, stage, self.unmatched + i)) for i, (spec, stage) in enumerate(builtin)]
             self.unmatched += len(builtin)
         self.table: RouteTable[Route] = RouteTable(routes, config.source)
+        self.lookup = self.table.lookup  # the router itself: None where table.match raises a 404/405
         server = config.server
         self.access_log = AccessLog(server.access_log_file, server.access_log_sample) if server.access_log else None
         self.tracer: Tracer | None = start_tracer(config.tracing) if config.tracing is not None else None
@@ -151,7 +152,7 @@ class Gateway:
             await self.lifespan(receive, send)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(scope, receive, send, time.perf_counter())
+        ex = Exchange(scope, receive, send, perf_counter())
         self.recorder.begin()
         span: RequestSpan | None = None
         try:
@@ -175,7 +176,7 @@ class Gateway:
         """The protocol's fast lane (``fast_lane``): identifies and routes the request at once. A route
         with a lane answers it from callbacks; any other continues it in a task. False (the normal path)
         when identifying or routing fails: ``http`` meets the same error inside its error boundary."""
-        ex = Exchange(cycle.scope, cycle.receive, cycle.send, time.perf_counter())
+        ex = Exchange(cycle.scope, cycle.receive, cycle.send, perf_counter())
         try:
             self.identify(ex)
             route = self.route(ex)
@@ -214,7 +215,7 @@ class Gateway:
 
     def record(self, ex: Exchange, span: RequestSpan | None) -> None:
         """A request ended: metrics, the access log line, its span."""
-        now = time.perf_counter()
+        now = perf_counter()
         route = ex.route
         self.recorder.request(self.unmatched if route is None else route.metric, ex.scope["method"], ex.status,
                               now - ex.started_at, ex.upstream_time, ex.bytes_received, ex.bytes_sent)
@@ -234,11 +235,15 @@ class Gateway:
     def route(self, ex: Exchange) -> Route:
         """Stage: routing. Normalises the path, picks the most specific route (404/405 otherwise)."""
         scope = ex.scope
-        path = normalize_path(scope["raw_path"].decode("latin-1"))
-        if path is None:
-            raise BadRequest("the request path is not a valid absolute path")
+        path = scope["raw_path"].decode("latin-1")
+        if not path.startswith("/") or "%" in path or "/." in path:  # else normalize_path has nothing to do
+            path = normalize_path(path)
+            if path is None:
+                raise BadRequest("the request path is not a valid absolute path")
         ex.path = path
-        route, ex.params, ex.consumed = self.table.match(ex.host, scope["method"], path)
+        method = scope["method"]
+        found = self.lookup(ex.host, method, path)  # None: match raises the 404 or 405
+        route, ex.params, ex.consumed = found if found is not None else self.table.match(ex.host, method, path)
         ex.route = route
         return route
 

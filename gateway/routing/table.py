@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from gateway._fast.headers import host_of
@@ -27,6 +27,10 @@ class RouteTable(Generic[T]):
             except ValueError as exc:
                 key = "prefix" if spec.prefix else "path"
                 raise ConfigError(source, f"{section}[{index}].{key}", f"expected a valid route: {exc}") from None
+        # (host, method, path) -> (target, params, prefix length), or None where ``match`` raises: the
+        # compiled router's own method, for a caller that wants no Python frame around it (the request path)
+        self.lookup: Callable[[str, str, str], tuple[T, dict[str, str] | None, int] | None] = \
+            self._router.lookup  # type: ignore[assignment]  # the trie stores T values as objects
 
     def __len__(self) -> int:
         return len(self._router)

@@ -180,6 +180,7 @@ RESPONSES = {
     "hop-by-hop": (GET, [b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: t\r\n"
                          b"Content-Length: 2\r\n\r\nok"]),
     "zero-length-request": (GET.replace(b"\r\n\r\n", b"\r\nContent-Length: 0\r\n\r\n"), [OK]),
+    "normalized-path": (GET.replace(b"/api/items", b"/api/./x/../items/%7e%2f"), [OK]),  # routed and sent normalized
 }
 
 

@@ -103,6 +103,14 @@ def test_no_route_is_404(path: str) -> None:
     assert isinstance(info.value, GatewayError)
 
 
+def test_lookup_answers_what_match_answers_and_none_where_match_raises() -> None:
+    t = table((route("/users", methods={"GET"}), "list"), (route("/users/{id}"), "one"))
+    for path in ("/users", "/users/42"):
+        assert t.lookup("h", "GET", path) == t.match("h", "GET", path)
+    assert t.lookup("h", "GET", "/nope") is None  # match: 404
+    assert t.lookup("h", "POST", "/users") is None  # match: 405
+
+
 def test_a_route_for_another_host_is_404() -> None:
     t = table((route("/users", hosts=("api.example.com",)), "list"))
     with pytest.raises(RouteNotFound):
