@@ -11,7 +11,8 @@ proxies alternating round-robin over several rounds; medians of the rounds):
 5. streams: WebSocket echo (64 connections in ping-pong: messages/s, round trip, CPU µs per message) and
    SSE (500 streams of 40 events/s: events/s delivered, delivery latency, CPU µs per event) against the
    built-in upstream (``bench/streams.py``); nginx and, for SSE, the stock-uvicorn app as peers.
-plus latency (p99 at a fixed rate of half nginx's peak), idle (memory per idle keep-alive connection),
+plus latency (p99 at a fixed rate of half nginx's peak, and of half the gateway's own peak when scenario 1
+ran), idle (memory per idle keep-alive connection),
 workers (1 against 2 workers; not a valid scaling figure on 2 cores) and every ``bench/micro_*.py``
 micro-benchmark (compiled against pure Python).
 Against what: nginx as a reverse proxy (one worker, keep-alive upstream pool), the gateway's own app on
@@ -80,6 +81,7 @@ class Run:
     have_fastapi: bool
     results: dict[str, Any]
     nginx_rps: float | None = None
+    gateway_rps: float | None = None  # the gateway's plain-proxy peak, when scenario 1 ran
     builtin_upstream: streams.Upstream | None = None
     skipped: list[str] = field(default_factory=list)
 
@@ -219,6 +221,7 @@ def run_plain(run: Run) -> None:
     rows = scenarios.throughput(run.ctx, "plain", [GATEWAY, GATEWAY_PURE, *peers(run)])
     if NGINX.name in rows:
         run.nginx_rps = rows[NGINX.name]["median"]["rps"]
+    run.gateway_rps = rows[GATEWAY.name]["median"]["rps"]
     add(run, "plain", title="1. Plain proxy", short="plain", kind="throughput", rows=rows, note=(
         "Every path proxied to one upstream (`gateway run --upstream`, access log off), small JSON response, "
         "wrk with 1 thread and 64 keep-alive connections. The gateway also runs on its pure-Python twins "
@@ -266,6 +269,17 @@ def run_latency(run: Run) -> None:
         "connections for the run's duration; latency counts from when a request fell due (wrk2-style, "
         "coordinated omission corrected to within its 1 ms timer), so a proxy that falls behind is charged for "
         "the queueing. Why not wrk: it has no rate control."))
+    if run.gateway_rps is None:
+        return
+    # the same at half of the gateway's own peak: its tail when it is not near saturation, which tells
+    # queueing (a lower peak) apart from a slow tail
+    own = round(run.gateway_rps / 2)
+    rows = scenarios.fixed_rate(run.ctx, [GATEWAY, NGINX], own)
+    add(run, "latency_own", title="Latency at a fixed rate (half of the gateway's peak)", kind="latency", rows=rows,
+        rate=own, note=(
+            f"As above at {own:,} req/s, half of the gateway's own median peak in scenario 1: the same load "
+            "relative to its capacity as the row above puts on nginx. Information only; the target is the "
+            "row above."))
 
 
 def run_workers(run: Run) -> None:

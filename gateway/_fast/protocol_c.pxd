@@ -4,6 +4,8 @@
 
 import cython
 
+from gateway._fast.writes_c cimport WriteBatch
+
 
 cdef class RequestCycle:
     cdef public HttpProtocol protocol
@@ -23,7 +25,8 @@ cdef class RequestCycle:
 
 
 cdef class HttpProtocol:
-    cdef public object app, lane, limits, state, loop, batch, scheme, transport, parser, client, server
+    cdef public object app, lane, limits, state, loop, scheme, transport, parser, client, server
+    cdef public WriteBatch batch
     cdef public bint closed, write_paused, read_paused, head_pending, shutting_down, upgraded, lingering
     cdef public bint expect_100, rate_due, rate_excused
     cdef public object guard, guard_ticket

@@ -2,9 +2,12 @@
 
 import cython
 
+from gateway._fast.writes_c cimport WriteBatch
+
 
 cdef class UpstreamConnection:
-    cdef public object loop, batch, transport, parser, failure, waiter, timer, drain_waiter, listener
+    cdef public object loop, transport, parser, failure, waiter, timer, drain_waiter, listener
+    cdef public WriteBatch batch
     cdef public double read_timeout, deadline, idle_since
     cdef public str timeout_message
     cdef public bint fresh_parser, closed, write_paused, idle, head_request, head_done, complete, keep_alive
