@@ -61,6 +61,8 @@ class AuthStage(Stage):
         self.relay = oidc.credentials if oidc is not None else None
         self.verifier = verifier
         self.sessions = sessions if policy.session else None
+        # a credential that always needs a store or a call: ``enter`` leaves such a route to ``__call__``
+        self.awaits = self.sessions is not None or self.login is not None or self.relay is not None
         self.required = policy.required
         self.issuers = frozenset(policy.issuers) if policy.issuers is not None else None
         self.bearer = policy.bearer
@@ -120,7 +122,7 @@ class AuthStage(Stage):
         verifies with the keys at hand (or no token). True: done as ``__call__`` does it, the next stage
         follows; a GatewayError raised: the answer; False: nothing was done (a key refresh or an
         introspection call is needed, or the route's credentials need a store): run the stage."""
-        if self.sessions is not None or self.login is not None or self.relay is not None:
+        if self.awaits:
             return False
         scope = ex.scope
         token, headers = self.credentials(scope["headers"])

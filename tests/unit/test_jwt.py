@@ -441,13 +441,14 @@ def test_a_verified_token_is_cached_and_a_hit_is_the_same_verification() -> None
     assert len(v.cache) == 1
 
 
-def test_the_cache_does_not_keep_the_token() -> None:
+def test_a_token_differing_in_any_byte_misses_a_cached_one() -> None:
     v = verifier()
     token = mint()
-    verify(v, token)
-    (digest,) = v.cache.entries
-    assert len(digest) == 16
-    assert token not in digest
+    first = verify(v, token)
+    assert list(v.cache.entries) == [token]  # keyed by the whole token: equality decides a hit
+    forged = token[:-1] + (b"A" if token[-1:] != b"A" else b"B")  # another signature, same claims
+    assert v.cached(forged) is None
+    assert v.cached(bytes(token)) is first  # an equal token in another object hits
 
 
 def test_a_cached_entry_ends_at_exp_plus_the_leeway() -> None:

@@ -398,8 +398,7 @@ def test_enter_leaves_what_must_wait_to_the_stage() -> None:
     ex = Exchange({"headers": [bearer(unknown_kid)], "query_string": b""}, None, None, 0.0)  # type: ignore[arg-type]
     assert AuthStage(RoutePolicy(), verifier()).enter(ex) is False
     assert ex.scope["headers"] == [bearer(unknown_kid)] and ex.subject is None  # untouched
-    stage = AuthStage(RoutePolicy(session=True), verifier())
-    stage.sessions = object()  # type: ignore[assignment]
+    stage = AuthStage(RoutePolicy(session=True), verifier(), object())  # type: ignore[arg-type]
     assert stage.enter(Exchange({"headers": [], "query_string": b""}, None, None, 0.0)) is False  # type: ignore[arg-type]
     scope = {"headers": [], "query_string": b"access_token=" + mint(exp=1) + b"&a=1"}
     with pytest.raises(InvalidToken):

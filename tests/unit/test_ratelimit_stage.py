@@ -22,7 +22,7 @@ from gateway.observability.metrics import Schema, WorkerMetrics
 from gateway.ratelimit import runtime
 from gateway.ratelimit.keys import KeyMaker, forwarded_ip, peer_ip
 from gateway.ratelimit.runtime import RateLimiter
-from gateway.ratelimit.stage import Applied, Policy, RateLimitStage, Report, limit_headers
+from gateway.ratelimit.stage import Applied, Policy, RateLimitStage, limit_headers, reporter, seconds
 
 SEC = 1_000_000_000
 T0 = 1_700_000_000 * SEC
@@ -170,13 +170,24 @@ def test_a_lone_subject_key() -> None:
     assert maker.make(ex, {}) == maker.key(ex, {}) == b"salice"
 
 
-def test_the_inline_report_writes_what_limit_headers_does() -> None:
+@pytest.mark.parametrize("mode", ["x-ratelimit", "draft", "both"])
+def test_limit_headers_round_the_reset_up(mode: str) -> None:
     h = Harness(document(section([{"rate": "10/s", "burst": 20}])))
     applied = h.stage.policies[0].limits[0]
     for remaining, reset in ((0, 0), (19, 1), (5, SEC), (7, SEC + 1), (3, 59 * SEC + 7)):
-        headers: Headers = []
-        Report("x-ratelimit", applied, remaining, reset, [applied])(exchange([]), 200, headers)
-        assert headers == limit_headers("x-ratelimit", applied, remaining, reset, [applied])
+        found = dict(limit_headers(mode, applied, remaining, reset, [applied]))
+        state = b'"p.0";r=%d;t=%d' % (remaining, seconds(reset))
+        assert found.get(b"x-ratelimit-reset", b"%d" % seconds(reset)) == b"%d" % seconds(reset)
+        assert found.get(b"ratelimit", state) == state
+        assert (b"x-ratelimit-limit" in found) == (mode != "draft")
+        assert (b"ratelimit-policy" in found) == (mode != "x-ratelimit")
+
+
+def test_the_report_hook_adds_the_headers_it_was_given() -> None:
+    found = [(b"x-ratelimit-limit", b"20"), (b"x-ratelimit-remaining", b"19"), (b"x-ratelimit-reset", b"1")]
+    headers: Headers = [(b"server", b"up")]
+    reporter(found)(exchange([]), 200, headers)
+    assert headers == [(b"server", b"up"), *found]
 
 
 def test_keys_by_subject_api_key_and_route() -> None:
