@@ -40,7 +40,10 @@ routes:
 
 # What the page shows, read in one go: raw numbers from the elements' data attributes.
 SNAPSHOT = """(() => {
-  if (!document.getElementById("rps")) return { samples: 0, status: null };  // still loading
+  const ids = ["rps", "requests-total", "p50", "p99", "added-p99", "error-ratio", "client-error-ratio", "in-flight",
+               "connections", "workers", "status", "routes", "upstreams"];
+  if (document.readyState !== "complete" || ids.some((id) => !document.getElementById(id))
+      || !document.querySelector("#rps-chart polyline")) return { samples: 0, status: null };  // still loading
   const value = (id) => { const v = document.getElementById(id).dataset.value; return v === "" ? null : Number(v); };
   const rows = (id) => [...document.getElementById(id).rows].map((tr) => ({
     ...tr.dataset, cells: [...tr.cells].map((td) => td.textContent) }));
