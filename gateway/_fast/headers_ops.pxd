@@ -108,11 +108,24 @@ cdef extern from *:
         return Py_None;
     }
 
+    /* (first, second), taking over both references; both released if the tuple cannot be made. */
+    static inline PyObject *gw_tuple2(PyObject *first, PyObject *second) {
+        PyObject *result = PyTuple_New(2);
+        if (result == NULL) {
+            Py_DECREF(first);
+            Py_DECREF(second);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(result, 0, first);
+        PyTuple_SET_ITEM(result, 1, second);
+        return result;
+    }
+
     /* headers_py.request_head, for the common case. */
     static PyObject *gw_request_head(PyObject *method, PyObject *target, PyObject *headers,
                                      PyObject *client_ip, PyObject *scheme, PyObject *request_id,
                                      PyObject *upstream_host, int preserve_host) {
-        PyObject *name, *value, *host = NULL, *length = NULL, *connection = NULL, *head, *framing, *result;
+        PyObject *name, *value, *host = NULL, *length = NULL, *connection = NULL, *head, *framing;
         PyObject *forwarded[8];  /* the X-Forwarded-For values, in order; more send it to the general code */
         Py_ssize_t n, i, size, forwarded_size = 0, forwarded_count = 0;
         uint64_t kept = 0;
@@ -217,15 +230,7 @@ cdef extern from *:
             Py_DECREF(head);
             return NULL;
         }
-        result = PyTuple_New(2);
-        if (result == NULL) {
-            Py_DECREF(head);
-            Py_DECREF(framing);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(result, 0, head);
-        PyTuple_SET_ITEM(result, 1, framing);
-        return result;
+        return gw_tuple2(head, framing);
     }
 
     /* headers_py.response_headers, for the common case: the kept tuples themselves, in a new list. */
@@ -293,7 +298,7 @@ cdef extern from *:
 
     /* headers_py.request_info, for the common case. */
     static PyObject *gw_request_info(PyObject *headers) {
-        PyObject *name, *value, *host_value = NULL, *id_value = NULL, *host, *request_id, *result;
+        PyObject *name, *value, *host_value = NULL, *id_value = NULL, *host, *request_id;
         Py_ssize_t n, i;
         if (!PyList_CheckExact(headers)) return gw_none();
         n = PyList_GET_SIZE(headers);
@@ -311,14 +316,7 @@ cdef extern from *:
             Py_DECREF(host);
             return NULL;
         }
-        if ((result = PyTuple_New(2)) == NULL) {
-            Py_DECREF(host);
-            Py_DECREF(request_id);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(result, 0, host);
-        PyTuple_SET_ITEM(result, 1, request_id);
-        return result;
+        return gw_tuple2(host, request_id);
     }
     """
     object request_head "gw_request_head"(bytes method, bytes target, list headers, bytes client_ip,
